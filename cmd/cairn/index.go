@@ -1,0 +1,133 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/cairn-ai/cairn/internal/index"
+	"github.com/cairn-ai/cairn/internal/ledger"
+	"github.com/cairn-ai/cairn/internal/store/local"
+)
+
+// indexLag adapts the index to the API's metrics.
+type indexLag struct {
+	x *index.Index
+	l *ledger.Ledger
+}
+
+func (a indexLag) Lag(system string) (uint64, error) {
+	lg, err := a.l.Log(system)
+	if err != nil {
+		return 0, err
+	}
+	w, err := a.x.Watermark(system)
+	if err != nil {
+		return 0, err
+	}
+	n, _ := lg.Tree()
+	if w > n {
+		return 0, nil
+	}
+	return n - w, nil
+}
+
+// startIndex opens the query index and follows every log, including logs registered later. The followers run
+// behind ingest and never block it; stop ends them and closes the index.
+func startIndex(ctx context.Context, p paths, l *ledger.Ledger, logger *slog.Logger) (indexLag, func(), error) {
+	x, err := index.Open(p.index())
+	if err != nil {
+		return indexLag{}, nil, fmt.Errorf("open index: %w", err)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	following := map[string]bool{}
+	scan := func() {
+		for _, name := range l.Systems() {
+			if following[name] {
+				continue
+			}
+			lg, err := l.Log(name)
+			if err != nil {
+				continue
+			}
+			following[name] = true
+			wg.Go(func() {
+				if err := x.Follow(ctx, name, lg.Store(), lg.Committed()); err != nil && ctx.Err() == nil {
+					logger.Error("index follower stopped", "system", name, "err", err)
+				}
+			})
+		}
+	}
+	scan()
+	wg.Go(func() {
+		t := time.NewTicker(500 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				scan()
+			}
+		}
+	})
+	stop := func() {
+		cancel()
+		wg.Wait()
+		x.Close()
+	}
+	return indexLag{x: x, l: l}, stop, nil
+}
+
+func cmdReindex(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("reindex", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	data := fs.String("data", "./cairn-data", "data directory (the server must be stopped)")
+	if err := fs.Parse(args); err != nil {
+		return errUsage
+	}
+	p := defaultPaths(*data, "", "")
+	if _, _, err := loadConfig(p, "", false); err != nil {
+		return err
+	}
+	unlock, err := lockData(p.data)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	st, err := local.Open(p.data, local.Options{})
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	x, err := index.Open(p.index())
+	if err != nil {
+		return err
+	}
+	defer x.Close()
+	ctx := context.Background()
+	names, err := st.Logs(ctx)
+	if err != nil {
+		return err
+	}
+	for _, name := range names {
+		lg, err := st.Open(ctx, name)
+		if err != nil {
+			return err
+		}
+		start := time.Now()
+		if err := x.Reset(name); err != nil {
+			return err
+		}
+		if err := x.CatchUp(ctx, name, lg); err != nil {
+			return fmt.Errorf("reindex %s: %w", name, err)
+		}
+		fmt.Fprintf(stdout, "%s: %d entries indexed in %s\n", name, lg.Size(), time.Since(start).Round(time.Millisecond))
+	}
+	return nil
+}

@@ -1,0 +1,74 @@
+// Command cairn is the record-keeping engine for high-risk AI systems: one binary that serves the log, and
+// verifies, administers and benchmarks it.
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+)
+
+const usage = `cairn — tamper-evident record keeping for high-risk AI systems
+
+Usage:
+  cairn serve   [--data DIR] [--listen ADDR] [--origin NAME]   run the server
+  cairn system  apply -f FILE [--url URL] [--token-file F]     register or update an AI system (YAML or JSON)
+  cairn verify  --data DIR [--full] [--state FILE]             verify a stopped store offline
+  cairn verify  --url URL --system S --vkey KEY [--state F]    verify a remote log through its tiles
+  cairn reindex --data DIR                                     rebuild the query index from the segments
+  cairn token   create --data DIR --principal P --role R ...   create an API token
+  cairn bench   [flags]                                        measure ingest, proofs and storage
+  cairn version
+
+Run 'cairn COMMAND -h' for a command's flags.
+`
+
+var version = "dev"
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// run executes a command line and returns the exit status; errors are one line on stderr.
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	cmds := map[string]func([]string, io.Writer, io.Writer) error{
+		"serve":   cmdServe,
+		"system":  cmdSystem,
+		"verify":  cmdVerify,
+		"reindex": cmdReindex,
+		"token":   cmdToken,
+		"bench":   cmdBench,
+		"version": func([]string, io.Writer, io.Writer) error { fmt.Fprintln(stdout, "cairn", version); return nil },
+	}
+	if args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		fmt.Fprint(stdout, usage)
+		return 0
+	}
+	cmd, ok := cmds[args[0]]
+	if !ok {
+		fmt.Fprintf(stderr, "cairn: unknown command %q (run 'cairn help')\n", args[0])
+		return 2
+	}
+	if err := cmd(args[1:], stdout, stderr); err != nil {
+		if err == errUsage {
+			return 2
+		}
+		if ef, ok := err.(exitError); ok {
+			return int(ef)
+		}
+		fmt.Fprintf(stderr, "cairn %s: %v\n", args[0], err)
+		return 1
+	}
+	return 0
+}
+
+// exitError ends a command with a status after it has printed its own report.
+type exitError int
+
+func (e exitError) Error() string { return fmt.Sprintf("exit status %d", int(e)) }
+
+var errUsage = fmt.Errorf("usage")

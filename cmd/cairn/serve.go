@@ -1,0 +1,141 @@
+package main
+
+import (
+	"context"
+	"crypto/ed25519"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/cairn-ai/cairn/internal/api"
+	"github.com/cairn-ai/cairn/internal/ledger"
+	"github.com/cairn-ai/cairn/internal/seal"
+	"github.com/cairn-ai/cairn/internal/store/local"
+)
+
+func cmdServe(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	data := fs.String("data", "./cairn-data", "data directory")
+	listen := fs.String("listen", "127.0.0.1:7700", "address to listen on (loopback unless told otherwise)")
+	origin := fs.String("origin", "", "installation-unique checkpoint origin, fixed at first start (default: a random cairn.local/… name)")
+	signingKey := fs.String("signing-key", "", "checkpoint signing key file (env CAIRN_SIGNING_KEY_FILE; default DATA/keys/signing.key)")
+	kekPath := fs.String("kek", "", "key-encryption key file (env CAIRN_KEK_FILE; default DATA/keys/kek)")
+	cpInterval := fs.Duration("checkpoint-interval", 50*time.Millisecond, "longest delay between an acknowledgement and the checkpoint covering it")
+	dedup := fs.Duration("dedup-window", 10*time.Minute, "how long client event ids are remembered for idempotency")
+	maxBody := fs.Int64("max-body", 64<<20, "largest request body in bytes")
+	openEntries := fs.Bool("open-entries", false, "serve entry bundles without a token (they reveal ids, types and times)")
+	if err := fs.Parse(args); err != nil {
+		return errUsage
+	}
+	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	p := defaultPaths(*data, *signingKey, *kekPath)
+	if err := os.MkdirAll(p.data, 0o700); err != nil {
+		return err
+	}
+	unlock, err := lockData(p.data)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	cfg, created, err := loadConfig(p, *origin, true)
+	if err != nil {
+		return err
+	}
+	sk, skNew, err := ledger.LoadSigningKey(p.signingKey, true)
+	if err != nil {
+		return err
+	}
+	if skNew || created {
+		if err := writePublicKey(p, sk.Public().(ed25519.PublicKey)); err != nil {
+			return err
+		}
+	}
+	kek, kekNew, err := seal.LoadKEK(p.kek, true)
+	if err != nil {
+		return err
+	}
+	tokens, err := api.LoadTokens(p.tokens())
+	if err != nil {
+		return err
+	}
+	if tokens.Len() == 0 {
+		tok, err := tokens.Create(api.Principal{Name: "admin", Roles: []string{api.RoleAdmin}})
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(p.adminToken(), []byte(tok+"\n"), 0o600); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "created admin token:      %s\n", p.adminToken())
+	}
+	if skNew {
+		fmt.Fprintf(stdout, "created signing key:      %s (public key: %s)\n", p.signingKey, p.publicKey())
+	}
+	if kekNew {
+		fmt.Fprintf(stdout, "created key-encryption key: %s\n", p.kek)
+	}
+	if skNew || kekNew {
+		fmt.Fprintln(stdout, "in production keep the signing key and the KEK outside the data directory (--signing-key, --kek)")
+	}
+	keys, err := seal.OpenKeyring(p.keyring(), kek)
+	if err != nil {
+		return err
+	}
+	st, err := local.Open(p.data, local.Options{Logger: logger})
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	l, err := ledger.Open(ctx, ledger.Config{Origin: cfg.Origin, CheckpointInterval: *cpInterval, DedupWindow: *dedup, Logger: logger}, st, keys, sk)
+	if err != nil {
+		st.Close()
+		return err
+	}
+	idx, stopIndex, err := startIndex(ctx, p, l, logger)
+	if err != nil {
+		l.Close()
+		return err
+	}
+	srv := &http.Server{
+		Handler:           api.New(api.Config{MaxBody: *maxBody, OpenEntries: *openEntries, Logger: logger}, l, tokens, idx),
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+	}
+	ln, err := net.Listen("tcp", *listen)
+	if err != nil {
+		stopIndex()
+		l.Close()
+		return err
+	}
+	fmt.Fprintf(stdout, "cairn serving on http://%s (origin %s, data %s)\n", ln.Addr(), cfg.Origin, p.data)
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case <-ctx.Done():
+	case err := <-errc:
+		if !errors.Is(err, http.ErrServerClosed) {
+			logger.Error("server stopped", "err", err)
+		}
+	}
+	logger.Info("shutting down: draining requests")
+	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	srv.Shutdown(sctx)
+	stopIndex()
+	// Close commits whatever the sequencers hold and publishes final checkpoints.
+	if err := l.Close(); err != nil {
+		return fmt.Errorf("close ledger: %w", err)
+	}
+	logger.Info("stopped")
+	return nil
+}

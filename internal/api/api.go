@@ -1,0 +1,518 @@
+// Package api serves Cairn over HTTP: the JSON API under /v1/ (bearer tokens, RFC 9457 problems), the C2SP
+// tlog-tiles read API under /logs/, health, readiness and Prometheus metrics.
+//
+// It maps errors to HTTP statuses in exactly one place (writeError) and never puts a token, a key or a payload
+// value in a log line or an error message.
+package api
+
+import (
+	"bytes"
+	_ "embed"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/mod/sumdb/tlog"
+
+	"github.com/cairn-ai/cairn/internal/event"
+	"github.com/cairn-ai/cairn/internal/ledger"
+	"github.com/cairn-ai/cairn/internal/store"
+)
+
+//go:embed openapi.yaml
+var openapiYAML []byte
+
+// Config tunes the API.
+type Config struct {
+	// MaxBody is the largest request body accepted (default 64 MiB).
+	MaxBody int64
+	// Limits bound events per request and bytes per event.
+	Limits event.Limits
+	// OpenEntries serves entry bundles without a token (they reveal ids, types and times, not content).
+	OpenEntries bool
+	Logger      *slog.Logger
+}
+
+// Server is the HTTP API.
+type Server struct {
+	cfg    Config
+	ledger *ledger.Ledger
+	tokens *Tokens
+	index  Index
+	mux    *http.ServeMux
+
+	appended  atomic.Int64
+	rejected  atomic.Int64
+	authFails atomic.Int64
+	bufs      sync.Pool
+}
+
+// Index answers queries; the SQLite follower implements it. It may be nil.
+type Index interface {
+	Lag(system string) (uint64, error)
+}
+
+// New builds the API server.
+func New(cfg Config, l *ledger.Ledger, t *Tokens, idx Index) *Server {
+	if cfg.MaxBody == 0 {
+		cfg.MaxBody = 64 << 20
+	}
+	if cfg.Limits.MaxEvents == 0 {
+		cfg.Limits = event.DefaultLimits
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	s := &Server{cfg: cfg, ledger: l, tokens: t, index: idx, mux: http.NewServeMux()}
+	s.bufs.New = func() any { return new(bytes.Buffer) }
+	m := s.mux
+	m.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
+	m.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ready\n") })
+	m.HandleFunc("GET /metrics", s.metrics)
+	m.HandleFunc("GET /openapi.yaml", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/yaml")
+		w.Write(openapiYAML)
+	})
+	m.HandleFunc("GET /logs/{system}/checkpoint", s.checkpoint)
+	m.HandleFunc("GET /logs/{system}/vkey", s.vkey)
+	m.HandleFunc("GET /logs/{system}/tile/{path...}", s.tile)
+	m.HandleFunc("POST /v1/systems", s.registerSystem)
+	m.HandleFunc("GET /v1/systems", s.listSystems)
+	m.HandleFunc("GET /v1/systems/{system}", s.getSystem)
+	m.HandleFunc("POST /v1/systems/{system}/events", s.ingest)
+	m.HandleFunc("GET /v1/systems/{system}/events/{ref}", s.getEvent)
+	m.HandleFunc("GET /v1/systems/{system}/proofs/inclusion", s.inclusion)
+	m.HandleFunc("GET /v1/systems/{system}/proofs/consistency", s.consistency)
+	return s
+}
+
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
+
+// authorize returns the caller if it holds role for system; otherwise it answers 401/403 and returns nil.
+func (s *Server) authorize(w http.ResponseWriter, r *http.Request, role, system string) *Principal {
+	tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	p := s.tokens.Authenticate(strings.TrimSpace(tok))
+	if !ok || p == nil {
+		s.authFails.Add(1)
+		w.Header().Set("WWW-Authenticate", `Bearer realm="cairn"`)
+		writeProblem(w, Problem{Status: http.StatusUnauthorized, Detail: "a valid bearer token is required"})
+		return nil
+	}
+	if !p.Can(role, system) {
+		writeProblem(w, Problem{Status: http.StatusForbidden, Detail: "this token does not allow that"})
+		return nil
+	}
+	return p
+}
+
+func (s *Server) log(w http.ResponseWriter, r *http.Request) (*ledger.Log, bool) {
+	lg, err := s.ledger.Log(r.PathValue("system"))
+	if err != nil {
+		writeError(w, err)
+		return nil, false
+	}
+	return lg, true
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false)
+	enc.Encode(v)
+}
+
+// --- tlog-tiles read API ---
+
+func (s *Server) checkpoint(w http.ResponseWriter, r *http.Request) {
+	lg, ok := s.log(w, r)
+	if !ok {
+		return
+	}
+	cp, _ := lg.Checkpoint()
+	if cp == nil {
+		writeProblem(w, Problem{Status: http.StatusNotFound, Detail: "no checkpoint published yet"})
+		return
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	w.Write(cp)
+}
+
+func (s *Server) vkey(w http.ResponseWriter, r *http.Request) {
+	lg, ok := s.log(w, r)
+	if !ok {
+		return
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	io.WriteString(w, s.ledger.VerifierKey(lg.Name())+"\n")
+}
+
+func (s *Server) tile(w http.ResponseWriter, r *http.Request) {
+	lg, ok := s.log(w, r)
+	if !ok {
+		return
+	}
+	level, entries, n, width, err := ledger.ParseTilePath(r.PathValue("path"))
+	if err != nil {
+		writeProblem(w, Problem{Status: http.StatusNotFound, Detail: "malformed tile path"})
+		return
+	}
+	var data []byte
+	if entries {
+		if !s.cfg.OpenEntries && s.authorize(w, r, RoleAuditor, lg.Name()) == nil {
+			return
+		}
+		data, err = lg.EntryBundle(r.Context(), n, width)
+	} else {
+		data, err = lg.TileData(tlog.Tile{H: 8, L: level, N: n, W: width})
+	}
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	w.Header().Set("Content-Type", "application/octet-stream")
+	if width == 256 {
+		w.Header().Set("Cache-Control", "public, max-age=31536000, immutable")
+	} else {
+		w.Header().Set("Cache-Control", "no-store")
+	}
+	w.Write(data)
+}
+
+// --- systems ---
+
+func (s *Server) registerSystem(w http.ResponseWriter, r *http.Request) {
+	p := s.authorize(w, r, RoleAdmin, "")
+	if p == nil {
+		return
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 1<<20))
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	idx, appended, err := s.ledger.Register(r.Context(), body, p.Name)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	var d struct {
+		ID string `json:"id"`
+	}
+	json.Unmarshal(body, &d)
+	lg, err := s.ledger.Log(d.ID)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	status := http.StatusOK
+	if appended && idx == 0 {
+		status = http.StatusCreated
+	}
+	writeJSON(w, status, s.systemJSON(lg, appended))
+}
+
+type systemResponse struct {
+	ID         string          `json:"id"`
+	Definition json.RawMessage `json:"definition"`
+	Index      uint64          `json:"index"`
+	Changed    *bool           `json:"changed,omitempty"`
+	TreeSize   uint64          `json:"tree_size"`
+	Origin     string          `json:"origin"`
+	VKey       string          `json:"vkey"`
+}
+
+func (s *Server) systemJSON(lg *ledger.Log, changed bool) systemResponse {
+	d := lg.Definition()
+	n, _ := lg.Tree()
+	out := systemResponse{ID: lg.Name(), TreeSize: n, Origin: s.ledger.Origin(lg.Name()), VKey: s.ledger.VerifierKey(lg.Name())}
+	if d != nil {
+		out.Definition, out.Index = d.Canonical, d.Index
+	}
+	out.Changed = &changed
+	return out
+}
+
+func (s *Server) listSystems(w http.ResponseWriter, r *http.Request) {
+	if s.authorize(w, r, RoleAuditor, "") == nil {
+		return
+	}
+	var out []systemResponse
+	for _, name := range s.ledger.Systems() {
+		if lg, err := s.ledger.Log(name); err == nil {
+			sr := s.systemJSON(lg, false)
+			sr.Changed = nil
+			out = append(out, sr)
+		}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"systems": out})
+}
+
+func (s *Server) getSystem(w http.ResponseWriter, r *http.Request) {
+	if s.authorize(w, r, RoleAuditor, r.PathValue("system")) == nil {
+		return
+	}
+	lg, ok := s.log(w, r)
+	if !ok {
+		return
+	}
+	sr := s.systemJSON(lg, false)
+	sr.Changed = nil
+	writeJSON(w, http.StatusOK, sr)
+}
+
+// --- ingest ---
+
+// IngestResponse answers an ingest request: one receipt per event, in request order.
+type IngestResponse struct {
+	Events []IngestReceipt `json:"events"`
+}
+
+// IngestReceipt is one event's id and leaf index.
+type IngestReceipt struct {
+	ID        string `json:"id"`
+	Index     uint64 `json:"index"`
+	Duplicate bool   `json:"duplicate,omitempty"`
+}
+
+func (s *Server) ingest(w http.ResponseWriter, r *http.Request) {
+	sys := r.PathValue("system")
+	p := s.authorize(w, r, RoleIngest, sys)
+	if p == nil {
+		return
+	}
+	lg, ok := s.log(w, r)
+	if !ok {
+		return
+	}
+	buf := s.bufs.Get().(*bytes.Buffer)
+	buf.Reset()
+	defer func() {
+		if buf.Cap() <= 8<<20 {
+			s.bufs.Put(buf)
+		}
+	}()
+	if _, err := buf.ReadFrom(http.MaxBytesReader(w, r.Body, s.cfg.MaxBody)); err != nil {
+		s.rejected.Add(1)
+		writeError(w, err)
+		return
+	}
+	now := time.Now()
+	var items []*ledger.Prepared
+	err := event.Split(buf.Bytes(), s.cfg.Limits, func(i int, raw []byte) error {
+		ev, err := event.Parse(i, raw, now, s.cfg.Limits, false)
+		if err != nil {
+			return err
+		}
+		pr, err := lg.Prepare(ev, p.Name)
+		if err != nil {
+			if ee, ok := err.(*event.Error); ok {
+				ee.Event, ee.ID = i, ev.ID.String()
+			}
+			return err
+		}
+		items = append(items, pr)
+		return nil
+	})
+	if err != nil {
+		s.rejected.Add(1)
+		writeError(w, err)
+		return
+	}
+	rs, err := lg.Append(r.Context(), items)
+	if err != nil {
+		if err != ledger.ErrBusy {
+			s.cfg.Logger.Warn("append failed", "system", sys, "events", len(items), "err", err)
+		}
+		writeError(w, err)
+		return
+	}
+	s.appended.Add(int64(len(rs)))
+	out := IngestResponse{Events: make([]IngestReceipt, len(rs))}
+	for i, rc := range rs {
+		out.Events[i] = IngestReceipt{ID: rc.ID.String(), Index: rc.Index, Duplicate: rc.Duplicate}
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// --- reads and proofs ---
+
+// EventResponse is an event with its leaf and its inclusion proof against the published checkpoint.
+type EventResponse struct {
+	Index      uint64          `json:"index"`
+	Leaf       string          `json:"leaf"`
+	LeafHash   string          `json:"leaf_hash"`
+	Salt       string          `json:"salt,omitempty"`
+	Envelope   json.RawMessage `json:"envelope,omitempty"`
+	Payload    json.RawMessage `json:"payload,omitempty"`
+	TreeSize   uint64          `json:"tree_size,omitempty"`
+	Proof      []string        `json:"inclusion_proof,omitempty"`
+	Checkpoint string          `json:"checkpoint,omitempty"`
+}
+
+func (s *Server) getEvent(w http.ResponseWriter, r *http.Request) {
+	sys := r.PathValue("system")
+	p := s.authorize(w, r, RoleAuditor, sys)
+	if p == nil {
+		return
+	}
+	lg, ok := s.log(w, r)
+	if !ok {
+		return
+	}
+	idx, err := strconv.ParseUint(r.PathValue("ref"), 10, 64)
+	if err != nil {
+		badRequest(w, "ref", "an event index")
+		return
+	}
+	e, err := lg.Entry(r.Context(), idx)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	leaf := e.AppendLeaf(nil)
+	lh := tlog.RecordHash(leaf)
+	out := EventResponse{Index: idx, Leaf: string(leaf), LeafHash: base64.StdEncoding.EncodeToString(lh[:])}
+	if e.Envelope != nil {
+		out.Envelope, out.Salt = e.Envelope, hex.EncodeToString(e.Salt[:])
+	}
+	if cp, n := lg.Checkpoint(); cp != nil && idx < n {
+		proof, err := lg.InclusionProof(idx, n)
+		if err == nil {
+			out.TreeSize, out.Checkpoint = n, string(cp)
+			for _, h := range proof {
+				out.Proof = append(out.Proof, base64.StdEncoding.EncodeToString(h[:]))
+			}
+		}
+	}
+	if r.URL.Query().Get("payload") == "true" && e.Sealed != nil {
+		// The read is recorded before any payload byte leaves.
+		raw := fmt.Sprintf(`{"type":"access","refs":[%q],"attrs":{"action":"read","scope":"payload"}}`, e.ID.String())
+		if _, err := s.ledger.AppendServer(r.Context(), sys, []byte(raw), p.Name); err != nil {
+			writeError(w, err)
+			return
+		}
+		pt, err := lg.OpenPayload(e)
+		if err != nil {
+			writeProblem(w, Problem{Status: http.StatusGone, Detail: "the payload cannot be opened: its key was destroyed or it was altered"})
+			return
+		}
+		out.Payload = pt
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func queryUint(r *http.Request, name string) (uint64, bool) {
+	v, err := strconv.ParseUint(r.URL.Query().Get(name), 10, 64)
+	return v, err == nil
+}
+
+func (s *Server) inclusion(w http.ResponseWriter, r *http.Request) {
+	if s.authorize(w, r, RoleAuditor, r.PathValue("system")) == nil {
+		return
+	}
+	lg, ok := s.log(w, r)
+	if !ok {
+		return
+	}
+	idx, ok1 := queryUint(r, "index")
+	n, ok2 := queryUint(r, "size")
+	if !ok1 {
+		badRequest(w, "index", "a leaf index is required")
+		return
+	}
+	if !ok2 {
+		_, n = lg.Checkpoint()
+	}
+	proof, err := lg.InclusionProof(idx, n)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"index": idx, "tree_size": n, "proof": hashes(proof)})
+}
+
+func (s *Server) consistency(w http.ResponseWriter, r *http.Request) {
+	if s.authorize(w, r, RoleAuditor, r.PathValue("system")) == nil {
+		return
+	}
+	lg, ok := s.log(w, r)
+	if !ok {
+		return
+	}
+	from, ok1 := queryUint(r, "from")
+	to, ok2 := queryUint(r, "to")
+	if !ok1 {
+		badRequest(w, "from", "the older tree size is required")
+		return
+	}
+	if !ok2 {
+		_, to = lg.Checkpoint()
+	}
+	proof, err := lg.ConsistencyProof(from, to)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"from": from, "to": to, "proof": hashes(proof)})
+}
+
+func hashes[H ~[]tlog.Hash](hs H) []string {
+	out := make([]string, len(hs))
+	for i, h := range hs {
+		out[i] = base64.StdEncoding.EncodeToString(h[:])
+	}
+	return out
+}
+
+// --- metrics ---
+
+func (s *Server) metrics(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; version=0.0.4")
+	var b strings.Builder
+	fmt.Fprintf(&b, "# HELP cairn_events_appended_total Events acknowledged through the API.\n# TYPE cairn_events_appended_total counter\ncairn_events_appended_total %d\n", s.appended.Load())
+	fmt.Fprintf(&b, "# HELP cairn_requests_rejected_total Ingest requests rejected as invalid.\n# TYPE cairn_requests_rejected_total counter\ncairn_requests_rejected_total %d\n", s.rejected.Load())
+	fmt.Fprintf(&b, "# HELP cairn_auth_failures_total Requests with a missing or unknown token.\n# TYPE cairn_auth_failures_total counter\ncairn_auth_failures_total %d\n", s.authFails.Load())
+	b.WriteString("# HELP cairn_log_size Entries in each log.\n# TYPE cairn_log_size gauge\n")
+	systems := s.ledger.Systems()
+	for _, name := range systems {
+		if lg, err := s.ledger.Log(name); err == nil {
+			n, _ := lg.Tree()
+			fmt.Fprintf(&b, "cairn_log_size{system=%q} %d\n", name, n)
+		}
+	}
+	b.WriteString("# HELP cairn_log_queue Events waiting to be sequenced.\n# TYPE cairn_log_queue gauge\n")
+	for _, name := range systems {
+		if lg, err := s.ledger.Log(name); err == nil {
+			fmt.Fprintf(&b, "cairn_log_queue{system=%q} %d\n", name, lg.QueueLength())
+		}
+	}
+	b.WriteString("# HELP cairn_checkpoint_size Tree size of the latest published checkpoint.\n# TYPE cairn_checkpoint_size gauge\n")
+	for _, name := range systems {
+		if lg, err := s.ledger.Log(name); err == nil {
+			_, n := lg.Checkpoint()
+			fmt.Fprintf(&b, "cairn_checkpoint_size{system=%q} %d\n", name, n)
+		}
+	}
+	if s.index != nil {
+		b.WriteString("# HELP cairn_index_lag Entries not yet in the query index.\n# TYPE cairn_index_lag gauge\n")
+		for _, name := range systems {
+			if lag, err := s.index.Lag(name); err == nil {
+				fmt.Fprintf(&b, "cairn_index_lag{system=%q} %d\n", name, lag)
+			}
+		}
+	}
+	io.WriteString(w, b.String())
+}
+
+var _ = store.ErrNotFound

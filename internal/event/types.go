@@ -1,0 +1,196 @@
+// Package event owns Cairn's event vocabulary: the event types, the strict client form of an event and its
+// validation, and the canonical encodings of the leaf entry and the envelope that the log commits to.
+//
+// It never sees key material and never writes anything: personal content stays in the opaque payload bytes,
+// which the caller seals before anything touches disk.
+package event
+
+import "slices"
+
+// SchemaVersion is the version of the leaf and envelope encodings ("v" in both).
+const SchemaVersion = 1
+
+// Retention classes. Every event type belongs to exactly one; period keys are kept per class.
+const (
+	ClassLog = "log" // automatically generated logs: Art. 12, kept at least six months (Art. 19, 26(6))
+	ClassDoc = "doc" // documentation and lifecycle records: Art. 18, kept ten years
+)
+
+// Kind is the JSON kind an attribute must have.
+type Kind int
+
+const (
+	KindString Kind = iota
+	KindNumber
+	KindBool
+	KindStrings     // array of strings
+	KindNumberMap   // object of numbers (metrics)
+	KindStringMap   // object of strings (digests, parameters)
+	KindObject      // any object of non-personal facts (a system definition)
+	KindTimestamp   // RFC 3339 string
+	KindNonNegative // number >= 0
+)
+
+// Attr describes one allowed attribute of an event type.
+type Attr struct {
+	Kind Kind
+	Enum []string // allowed values, for KindString
+}
+
+// Spec describes one event type: its retention class, what it requires and which attributes it allows.
+// Attributes are non-personal facts stored in clear in the envelope, so they are allow-listed: anything personal
+// belongs in the sealed payload.
+type Spec struct {
+	Class string
+	// ServerOnly types are appended by Cairn itself (system definitions, access records); clients cannot send them.
+	ServerOnly bool
+	// NeedModel requires model.name and model.version.
+	NeedModel bool
+	// NeedDeployment requires the deployment (environment) field.
+	NeedDeployment bool
+	// NeedRefs requires at least one reference to another event.
+	NeedRefs bool
+	// Require lists attributes that must be present.
+	Require []string
+	// RequireOneOf lists alternatives of which at least one must be present; "payload.output" names a payload member.
+	RequireOneOf []string
+	Attrs        map[string]Attr
+}
+
+var common = map[string]Attr{
+	"request_id":      {Kind: KindString},
+	"session_id":      {Kind: KindString},
+	"member_state":    {Kind: KindString},
+	"deployer":        {Kind: KindString},
+	"system_version":  {Kind: KindString},
+	"log_controller":  {Kind: KindString, Enum: []string{"provider", "deployer", "joint"}},
+	"clock_source":    {Kind: KindString},
+	"data_classes":    {Kind: KindStrings},
+	"rule_violations": {Kind: KindStrings},
+}
+
+func attrs(m map[string]Attr) map[string]Attr {
+	out := make(map[string]Attr, len(m)+len(common))
+	for k, v := range common {
+		out[k] = v
+	}
+	for k, v := range m {
+		out[k] = v
+	}
+	return out
+}
+
+// Specs holds every event type of schema v1 (DESIGN.md, "Event types").
+var Specs = map[string]*Spec{
+	"system.registered": {Class: ClassDoc, ServerOnly: true, Attrs: attrs(nil)},
+	"system.updated":    {Class: ClassDoc, ServerOnly: true, Attrs: attrs(nil)},
+	"dataset.version": {Class: ClassDoc, Require: []string{"name", "version"}, Attrs: attrs(map[string]Attr{
+		"name": {Kind: KindString}, "version": {Kind: KindString}, "digest": {Kind: KindString},
+		"uri": {Kind: KindString}, "rows": {Kind: KindNonNegative}, "dvc_md5": {Kind: KindString},
+		"git_revision": {Kind: KindString}, "mlflow_digest": {Kind: KindString}, "schema_digest": {Kind: KindString},
+		"statistics": {Kind: KindNumberMap},
+	})},
+	"training.run": {Class: ClassDoc, Require: []string{"run_id"}, Attrs: attrs(map[string]Attr{
+		"run_id": {Kind: KindString}, "params": {Kind: KindStringMap}, "metrics": {Kind: KindNumberMap},
+		"code_revision": {Kind: KindString}, "environment_digest": {Kind: KindString},
+		"started": {Kind: KindTimestamp}, "ended": {Kind: KindTimestamp},
+		"status": {Kind: KindString, Enum: []string{"running", "finished", "failed", "killed"}},
+	})},
+	"model.version": {Class: ClassDoc, NeedModel: true, Attrs: attrs(map[string]Attr{
+		"format": {Kind: KindString}, "run_id": {Kind: KindString}, "modelkit_digest": {Kind: KindString},
+		"artefact_digests": {Kind: KindStringMap}, "from_version": {Kind: KindString},
+		"change_classification": {Kind: KindString, Enum: []string{"predetermined", "non_substantial", "substantial", "intended_purpose_change"}},
+	})},
+	"evaluation": {Class: ClassDoc, NeedModel: true, Attrs: attrs(map[string]Attr{
+		"metrics": {Kind: KindNumberMap}, "thresholds": {Kind: KindNumberMap}, "dataset": {Kind: KindString},
+		"passed": {Kind: KindBool},
+	})},
+	"approval": {Class: ClassDoc, NeedRefs: true, Require: []string{"decision"}, Attrs: attrs(map[string]Attr{
+		"decision": {Kind: KindString, Enum: []string{"approve", "reject"}},
+		"scope":    {Kind: KindString},
+	})},
+	"deployment": {Class: ClassDoc, NeedModel: true, NeedDeployment: true, Require: []string{"action"}, Attrs: attrs(map[string]Attr{
+		"action":          {Kind: KindString, Enum: []string{"deployed", "retired", "rolled_back"}},
+		"config_digest":   {Kind: KindString},
+		"data_version":    {Kind: KindString},
+		"environment":     {Kind: KindString},
+		"ifu_version":     {Kind: KindString},
+		"member_states":   {Kind: KindStrings},
+		"logging_profile": {Kind: KindString},
+	})},
+	"inference": {Class: ClassLog, NeedModel: true, RequireOneOf: []string{"payload.output", "error_code"}, Attrs: attrs(map[string]Attr{
+		"confidence":            {Kind: KindNumber},
+		"latency_ms":            {Kind: KindNonNegative},
+		"ttfb_ms":               {Kind: KindNonNegative},
+		"config_digest":         {Kind: KindString},
+		"ifu_version":           {Kind: KindString},
+		"input_digest":          {Kind: KindString},
+		"input_spec_check":      {Kind: KindString},
+		"input_source":          {Kind: KindString},
+		"human_review_required": {Kind: KindBool},
+		"anomaly_flags":         {Kind: KindStrings},
+		"thresholds":            {Kind: KindNumberMap},
+		"risk_score":            {Kind: KindNumber},
+		"purpose_code":          {Kind: KindString},
+		"error_code":            {Kind: KindString},
+		"status":                {Kind: KindNumber},
+		"protocol":              {Kind: KindString},
+		"traceparent":           {Kind: KindString},
+		"served_model":          {Kind: KindString},
+	})},
+	"oversight": {Class: ClassLog, NeedRefs: true, Require: []string{"action"}, Attrs: attrs(map[string]Attr{
+		"action":        {Kind: KindString, Enum: []string{"viewed", "confirmed", "overridden", "escalated", "stopped", "verified", "rejected", "reversed", "disregarded", "flagged_anomaly"}},
+		"overseer_role": {Kind: KindString}, "started": {Kind: KindTimestamp}, "ended": {Kind: KindTimestamp},
+		"verification_sequence":        {Kind: KindNumber},
+		"stop_outcome":                 {Kind: KindString, Enum: []string{"safe_state_reached", "failed"}},
+		"automation_bias_notice_shown": {Kind: KindBool}, "ui_version": {Kind: KindString},
+		"measure_origin": {Kind: KindString, Enum: []string{"built_in", "deployer_implemented"}},
+	})},
+	"anomaly": {Class: ClassLog, Require: []string{"kind"}, Attrs: attrs(map[string]Attr{
+		"kind": {Kind: KindString}, "severity": {Kind: KindString, Enum: []string{"info", "warning", "critical"}},
+		"metric": {Kind: KindString}, "value": {Kind: KindNumber}, "threshold": {Kind: KindNumber},
+	})},
+	"incident": {Class: ClassDoc, Require: []string{"incident_id"}, Attrs: attrs(map[string]Attr{
+		"incident_id": {Kind: KindString}, "detected_by": {Kind: KindString, Enum: []string{"provider", "deployer", "user", "authority"}},
+		"harm_category": {Kind: KindString}, "awareness": {Kind: KindTimestamp}, "report_deadline": {Kind: KindTimestamp},
+		"member_states": {Kind: KindStrings}, "status": {Kind: KindString},
+	})},
+	"document": {Class: ClassDoc, Require: []string{"kind", "digest"}, Attrs: attrs(map[string]Attr{
+		"kind": {Kind: KindString}, "digest": {Kind: KindString}, "format": {Kind: KindString},
+		"at": {Kind: KindTimestamp}, "checkpoint_size": {Kind: KindNonNegative},
+	})},
+	"access": {Class: ClassLog, Require: []string{"action"}, Attrs: attrs(map[string]Attr{
+		"action": {Kind: KindString, Enum: []string{"read", "export", "reidentify", "query"}},
+		"scope":  {Kind: KindString}, "legal_basis": {Kind: KindString}, "accessor_org": {Kind: KindString},
+		"export_format": {Kind: KindString},
+	})},
+	"retention": {Class: ClassDoc, Require: []string{"action"}, Attrs: attrs(map[string]Attr{
+		"action": {Kind: KindString, Enum: []string{"archived", "destroyed", "hold", "release"}},
+		"class":  {Kind: KindString}, "month": {Kind: KindString}, "key_id": {Kind: KindString},
+		"count": {Kind: KindNonNegative}, "range_digest": {Kind: KindString},
+		"first_index": {Kind: KindNonNegative}, "last_index": {Kind: KindNonNegative},
+	})},
+	"notice": {Class: ClassLog, Require: []string{"notice_type"}, Attrs: attrs(map[string]Attr{
+		"notice_type": {Kind: KindString}, "notice_version": {Kind: KindString}, "audience": {Kind: KindString},
+		"channel": {Kind: KindString},
+	})},
+	"biometric.use": {Class: ClassLog, Require: []string{"use_start", "reference_db"}, Attrs: attrs(map[string]Attr{
+		"use_start": {Kind: KindTimestamp}, "use_end": {Kind: KindTimestamp}, "reference_db": {Kind: KindString},
+		"reference_db_version": {Kind: KindString}, "matches": {Kind: KindNonNegative},
+		"exemption_basis": {Kind: KindString},
+	})},
+	"gate": {Class: ClassDoc, Require: []string{"result"}, Attrs: attrs(map[string]Attr{
+		"result": {Kind: KindString, Enum: []string{"pass", "fail"}}, "policy_digest": {Kind: KindString},
+		"rules": {Kind: KindNumber}, "failed": {Kind: KindNumber},
+	})},
+}
+
+// Types returns every event type name, sorted.
+func Types() []string {
+	out := make([]string, 0, len(Specs))
+	for k := range Specs {
+		out = append(out, k)
+	}
+	slices.Sort(out)
+	return out
+}

@@ -1,0 +1,723 @@
+package ledger
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/mod/sumdb/note"
+	"golang.org/x/mod/sumdb/tlog"
+
+	"github.com/cairn-ai/cairn/internal/event"
+	"github.com/cairn-ai/cairn/internal/seal"
+	"github.com/cairn-ai/cairn/internal/store"
+	"github.com/cairn-ai/cairn/internal/system"
+)
+
+// Receipt answers one appended event: its id and leaf index. Duplicate is true when the id was already
+// recorded with the same content and the original index is returned.
+type Receipt struct {
+	ID        event.UUID
+	Index     uint64
+	Duplicate bool
+}
+
+// Prepared is an event made ready for sequencing: validated, its payload sealed, its envelope encoded up to
+// the recorded time. Everything that can be done before sequencing is done here, in parallel per request.
+type Prepared struct {
+	ev         *event.Event
+	env        event.Envelope
+	month      string // period month of the payload key
+	sealed     []byte
+	head, tail []byte
+	contentKey [16]byte
+}
+
+// ID returns the event's id.
+func (p *Prepared) ID() event.UUID { return p.ev.ID }
+
+// CurrentDefinition is a system definition with the index of the event that recorded it.
+type CurrentDefinition struct {
+	*system.Definition
+	Canonical []byte
+	Index     uint64
+}
+
+type request struct {
+	items []*Prepared
+	res   []Receipt
+	err   error
+	done  chan struct{}
+}
+
+type dedupEntry struct {
+	index uint64
+	key   [16]byte
+}
+
+// Log is one system's log.
+type Log struct {
+	l      *Ledger
+	name   string
+	store  store.Log
+	signer note.Signer
+
+	queue   chan *request
+	pending atomic.Int64 // events queued
+	quit    chan struct{}
+	done    chan struct{}
+
+	// sequencer state
+	lastRecorded int64
+	dedup        map[event.UUID]dedupEntry
+	dedupOrder   []event.UUID // ids in insertion order, for expiry
+	scratch      []byte
+
+	treeMu   sync.RWMutex
+	treeSize uint64
+	treeRoot tlog.Hash
+
+	followWake chan struct{} // wakes the log's followers (the query index) after each commit
+	cpWake     chan struct{}
+	cpDone     chan struct{}
+	published  atomic.Pointer[publishedCheckpoint]
+
+	defMu sync.Mutex // serialises registrations
+	def   atomic.Pointer[CurrentDefinition]
+}
+
+type publishedCheckpoint struct {
+	size uint64
+	note []byte
+	at   time.Time
+}
+
+func newLog(ctx context.Context, l *Ledger, name string, sl store.Log) (*Log, error) {
+	lg := &Log{
+		l: l, name: name, store: sl,
+		signer: newNoteSigner(l.Origin(name), l.signKey),
+		queue:  make(chan *request, 1024),
+		quit:   make(chan struct{}), done: make(chan struct{}),
+		dedup:  map[event.UUID]dedupEntry{},
+		cpWake: make(chan struct{}, 1), cpDone: make(chan struct{}),
+		followWake: make(chan struct{}, 1),
+	}
+	n := sl.Size()
+	root, err := tlog.TreeHash(int64(n), sl)
+	if err != nil {
+		return nil, fmt.Errorf("tree hash: %w", err)
+	}
+	lg.treeSize, lg.treeRoot = n, root
+	// The store must hold at least what the last signed checkpoint covers, with the same root.
+	if cp, err := sl.Checkpoint(ctx); err != nil {
+		return nil, err
+	} else if cp != nil {
+		c, err := OpenCheckpoint(cp, l.VerifierKey(name))
+		if err != nil {
+			return nil, fmt.Errorf("%w: latest checkpoint: %v", store.ErrCorrupt, err)
+		}
+		if c.Size > n {
+			return nil, fmt.Errorf("%w: the store holds %d entries but checkpoint %d was published: acknowledged events are missing", store.ErrCorrupt, n, c.Size)
+		}
+		h, err := tlog.TreeHash(int64(c.Size), sl)
+		if err != nil {
+			return nil, err
+		}
+		if h != c.Root {
+			return nil, fmt.Errorf("%w: tree of size %d does not match its signed checkpoint", store.ErrCorrupt, c.Size)
+		}
+		lg.published.Store(&publishedCheckpoint{size: c.Size, note: cp})
+	}
+	if n > 0 {
+		e, err := sl.Entry(ctx, n-1)
+		if err != nil {
+			return nil, err
+		}
+		lg.lastRecorded = e.Recorded
+	}
+	if err := lg.loadDefinition(ctx); err != nil {
+		return nil, err
+	}
+	if err := lg.loadDedup(ctx); err != nil {
+		return nil, err
+	}
+	go lg.sequence()
+	go lg.checkpointer()
+	if n > 0 {
+		lg.wakeCheckpointer()
+	}
+	return lg, nil
+}
+
+// Name returns the system's id.
+func (lg *Log) Name() string { return lg.name }
+
+// Definition returns the definition in force, or nil before registration.
+func (lg *Log) Definition() *CurrentDefinition { return lg.def.Load() }
+
+func (lg *Log) loadDefinition(ctx context.Context) error {
+	var best uint64
+	found := false
+	for _, t := range []string{"system.registered", "system.updated"} {
+		i, ok, err := lg.store.LastOfType(ctx, t)
+		if err != nil {
+			return err
+		}
+		if ok && (!found || i > best) {
+			best, found = i, true
+		}
+	}
+	if !found {
+		return nil
+	}
+	return lg.setDefinitionFrom(ctx, best)
+}
+
+func (lg *Log) setDefinitionFrom(ctx context.Context, index uint64) error {
+	e, err := lg.store.Entry(ctx, index)
+	if err != nil {
+		return err
+	}
+	pt, err := lg.OpenPayload(e)
+	if err != nil {
+		return fmt.Errorf("system definition at %d: %w", index, err)
+	}
+	d, c, err := system.Parse(pt)
+	if err != nil {
+		return fmt.Errorf("system definition at %d: %w", index, err)
+	}
+	lg.def.Store(&CurrentDefinition{Definition: d, Canonical: c, Index: index})
+	return nil
+}
+
+// loadDedup rebuilds the idempotency map from the entries recorded within the dedup window.
+func (lg *Log) loadDedup(ctx context.Context) error {
+	n := lg.store.Size()
+	if n == 0 {
+		return nil
+	}
+	since := lg.l.cfg.Now().Add(-2 * lg.l.cfg.DedupWindow).UnixNano()
+	// recorded never decreases along the log, so binary search for the first entry inside the window.
+	lo, hi := uint64(0), n
+	for lo < hi {
+		mid := lo + (hi-lo)/2
+		e, err := lg.store.Entry(ctx, mid)
+		if err != nil {
+			return err
+		}
+		if e.Recorded < since {
+			lo = mid + 1
+		} else {
+			hi = mid
+		}
+	}
+	return lg.store.Entries(ctx, lo, n, func(e *store.Entry) error {
+		if e.ContentKey != ([16]byte{}) {
+			lg.remember(e.ID, dedupEntry{index: e.Index, key: e.ContentKey})
+		}
+		return nil
+	})
+}
+
+func (lg *Log) remember(id event.UUID, d dedupEntry) {
+	if _, ok := lg.dedup[id]; !ok {
+		lg.dedupOrder = append(lg.dedupOrder, id)
+	}
+	lg.dedup[id] = d
+}
+
+func (lg *Log) expireDedup(now time.Time) {
+	limit := now.Add(-lg.l.cfg.DedupWindow - time.Minute)
+	i := 0
+	for ; i < len(lg.dedupOrder) && lg.dedupOrder[i].Time().Before(limit); i++ {
+		delete(lg.dedup, lg.dedupOrder[i])
+	}
+	if i > 0 {
+		lg.dedupOrder = append(lg.dedupOrder[:0:0], lg.dedupOrder[i:]...)
+	}
+}
+
+// Prepare validates an event's place in this log and seals its payload. actor is the authenticated principal.
+func (lg *Log) Prepare(ev *event.Event, actor string) (*Prepared, error) {
+	now := lg.l.cfg.Now()
+	if ev.IDGiven {
+		t := ev.ID.Time()
+		if t.Before(now.Add(-lg.l.cfg.DedupWindow)) {
+			return nil, &event.Error{Field: "/id", Reason: fmt.Sprintf("the id's time is older than the idempotency window (%s): a retry this late cannot be told from a new event; use a fresh id", lg.l.cfg.DedupWindow)}
+		}
+		if t.After(now.Add(lg.l.cfg.DedupWindow)) {
+			return nil, &event.Error{Field: "/id", Reason: "the id's time is in the future beyond the idempotency window; check the client's clock"}
+		}
+	}
+	p := &Prepared{ev: ev}
+	p.env = event.Envelope{
+		ID: ev.ID, System: lg.name, Type: ev.Type, Time: ev.Time, Actor: actor, Model: ev.Model,
+		Deployment: ev.Deployment, Refs: ev.Refs, Attrs: ev.Attrs,
+	}
+	if ev.IDGiven {
+		p.contentKey = lg.l.contentKey(ev.Canonical)
+	}
+	if err := lg.sealFor(p, now); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// sealFor seals the payload under the period key of t's month and encodes the envelope around it.
+func (lg *Log) sealFor(p *Prepared, t time.Time) error {
+	if p.ev.Payload != nil {
+		pk, err := lg.l.keys.Period(lg.name, p.ev.Spec.Class, t)
+		if err != nil {
+			return fmt.Errorf("period key: %w", err)
+		}
+		sealed, c, err := seal.Seal(p.sealed[:0], pk, p.ev.ID[:], p.ev.Payload)
+		if err != nil {
+			return err
+		}
+		p.sealed = sealed
+		p.month = seal.Month(pk.ID)
+		p.env.Payload = &event.PayloadRef{Digest: c.Digest, Size: c.Size, Key: pk.ID, KeyCommit: c.KeyCommit}
+	}
+	p.head = p.env.AppendHead(p.head[:0])
+	p.tail = p.env.AppendTail(p.tail[:0])
+	return nil
+}
+
+// Append submits prepared events as one unit and waits until they are durable: either every event gets a
+// receipt, or none is stored. It answers ErrBusy at once when the queue is full.
+func (lg *Log) Append(ctx context.Context, items []*Prepared) ([]Receipt, error) {
+	if len(items) == 0 {
+		return nil, nil
+	}
+	if n := lg.pending.Add(int64(len(items))); n > int64(lg.l.cfg.MaxQueue) && n != int64(len(items)) {
+		lg.pending.Add(-int64(len(items)))
+		return nil, ErrBusy
+	}
+	r := &request{items: items, done: make(chan struct{})}
+	select {
+	case lg.queue <- r:
+	case <-lg.quit:
+		lg.pending.Add(-int64(len(items)))
+		return nil, ErrClosed
+	default:
+		lg.pending.Add(-int64(len(items)))
+		return nil, ErrBusy
+	}
+	// Once queued, the request is committed or failed by the sequencer; the caller must wait for the outcome
+	// even if its context ends, or an acknowledged-but-unseen event could be retried as new.
+	<-r.done
+	return r.res, r.err
+}
+
+// QueueLength is the number of events waiting to be sequenced.
+func (lg *Log) QueueLength() int64 { return lg.pending.Load() }
+
+func (lg *Log) stop() {
+	close(lg.quit)
+	<-lg.done
+	close(lg.cpWake)
+	<-lg.cpDone
+}
+
+// sequence is the log's single writer: it takes whatever is queued, decides idempotency, stamps recorded
+// times, derives leaves and tree hashes, appends one batch with one fsync and acknowledges every waiter.
+func (lg *Log) sequence() {
+	defer close(lg.done)
+	var reqs []*request
+	for {
+		reqs = reqs[:0]
+		select {
+		case r := <-lg.queue:
+			reqs = append(reqs, r)
+		case <-lg.quit:
+			// Drain what is already queued, then stop.
+			for {
+				select {
+				case r := <-lg.queue:
+					lg.commit([]*request{r})
+				default:
+					return
+				}
+			}
+		}
+		n := len(reqs[0].items)
+	drain:
+		for n < lg.l.cfg.MaxBatch {
+			select {
+			case r := <-lg.queue:
+				reqs = append(reqs, r)
+				n += len(r.items)
+			default:
+				break drain
+			}
+		}
+		lg.commit(reqs)
+	}
+}
+
+func (lg *Log) commit(reqs []*request) {
+	now := lg.l.cfg.Now()
+	lg.expireDedup(now)
+	ctx := context.Background()
+	start := lg.store.Size()
+	batch := &store.Batch{Start: start}
+	pendingIDs := map[event.UUID]dedupEntry{}
+	var sysIndex uint64
+	sysChanged := false
+	rec := now.UnixNano()
+	if rec < lg.lastRecorded {
+		rec = lg.lastRecorded
+	}
+	for _, r := range reqs {
+		r.res = make([]Receipt, len(r.items))
+		// Decide the whole request first: a conflict rejects all of it.
+		for i, p := range r.items {
+			if !p.ev.IDGiven {
+				continue
+			}
+			d, ok := lg.dedup[p.ev.ID]
+			if !ok {
+				d, ok = pendingIDs[p.ev.ID]
+			}
+			if ok && d.key != p.contentKey {
+				r.err = &ConflictError{Event: i, ID: p.ev.ID}
+				break
+			}
+		}
+		if r.err != nil {
+			continue
+		}
+		for i, p := range r.items {
+			if p.ev.IDGiven {
+				d, ok := lg.dedup[p.ev.ID]
+				if !ok {
+					d, ok = pendingIDs[p.ev.ID]
+				}
+				if ok {
+					r.res[i] = Receipt{ID: p.ev.ID, Index: d.index, Duplicate: true}
+					continue
+				}
+			}
+			idx := start + uint64(len(batch.Entries))
+			if p.sealed != nil && p.month != time.Unix(0, rec).UTC().Format("2006-01") {
+				// The month turned between preparation and sequencing: seal under the right period key.
+				if err := lg.sealFor(p, time.Unix(0, rec)); err != nil {
+					r.err = err
+					break
+				}
+			}
+			e := store.Entry{Index: idx, ID: p.ev.ID, Recorded: rec, Type: p.ev.Type, Sealed: p.sealed, ContentKey: p.contentKey}
+			rand.Read(e.Salt[:])
+			env := make([]byte, 0, len(p.head)+len(p.tail)+30)
+			env = append(env, p.head...)
+			env = event.AppendRecorded(env, rec)
+			env = append(env, p.tail...)
+			e.Envelope = env
+			e.Digest = event.Digest(e.Salt[:], env)
+			batch.Entries = append(batch.Entries, e)
+			if p.ev.IDGiven {
+				pendingIDs[p.ev.ID] = dedupEntry{index: idx, key: p.contentKey}
+			}
+			if p.ev.Spec.ServerOnly && (p.ev.Type == "system.registered" || p.ev.Type == "system.updated") {
+				sysIndex, sysChanged = idx, true
+			}
+			r.res[i] = Receipt{ID: p.ev.ID, Index: idx}
+		}
+		if r.err != nil {
+			// Undo this request's entries: nothing of a rejected request is stored.
+			keep := batch.Entries[:0]
+			for _, e := range batch.Entries {
+				if !inRequest(r, e.ID) {
+					keep = append(keep, e)
+				}
+			}
+			batch.Entries = keep
+			for _, p := range r.items {
+				delete(pendingIDs, p.ev.ID)
+			}
+		}
+	}
+	// Indices may have shifted if a request was undone: renumber.
+	for i := range batch.Entries {
+		batch.Entries[i].Index = start + uint64(i)
+	}
+	renumber(reqs, batch)
+	for _, e := range batch.Entries {
+		if d, ok := pendingIDs[e.ID]; ok {
+			d.index = e.Index
+			pendingIDs[e.ID] = d
+		}
+	}
+	err := lg.appendBatch(ctx, batch)
+	if err == nil && len(batch.Entries) > 0 {
+		lg.lastRecorded = rec
+		for id, d := range pendingIDs {
+			lg.remember(id, d)
+		}
+		if sysChanged {
+			if derr := lg.setDefinitionFrom(ctx, sysIndex); derr != nil {
+				lg.l.cfg.Logger.Error("load system definition", "system", lg.name, "err", derr)
+			}
+		}
+	}
+	for _, r := range reqs {
+		if err != nil && r.err == nil {
+			r.err = err
+			r.res = nil
+		}
+		if r.err != nil {
+			r.res = nil
+		}
+		lg.pending.Add(-int64(len(r.items)))
+		close(r.done)
+	}
+	if err == nil && len(batch.Entries) > 0 {
+		lg.wakeCheckpointer()
+		select {
+		case lg.followWake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+func inRequest(r *request, id event.UUID) bool {
+	for _, p := range r.items {
+		if p.ev.ID == id {
+			return true
+		}
+	}
+	return false
+}
+
+// renumber fixes receipts after undone requests removed entries from the middle of a batch.
+func renumber(reqs []*request, b *store.Batch) {
+	pos := map[event.UUID]uint64{}
+	for _, e := range b.Entries {
+		pos[e.ID] = e.Index
+	}
+	for _, r := range reqs {
+		if r.err != nil {
+			continue
+		}
+		for i := range r.res {
+			if x, ok := pos[r.res[i].ID]; ok {
+				r.res[i].Index = x
+			}
+		}
+	}
+}
+
+// appendBatch computes the tree's new stored hashes, appends durably and advances the tree.
+func (lg *Log) appendBatch(ctx context.Context, b *store.Batch) error {
+	if len(b.Entries) == 0 {
+		return nil
+	}
+	base := tlog.StoredHashCount(int64(b.Start))
+	r := tlog.HashReaderFunc(func(idx []int64) ([]tlog.Hash, error) {
+		out := make([]tlog.Hash, len(idx))
+		var fromStore []int64
+		for _, x := range idx {
+			if x < base {
+				fromStore = append(fromStore, x)
+			}
+		}
+		var got []tlog.Hash
+		if len(fromStore) > 0 {
+			var err error
+			if got, err = lg.store.ReadHashes(fromStore); err != nil {
+				return nil, err
+			}
+		}
+		j := 0
+		for i, x := range idx {
+			if x < base {
+				out[i] = got[j]
+				j++
+			} else {
+				out[i] = b.Hashes[x-base]
+			}
+		}
+		return out, nil
+	})
+	b.Hashes = b.Hashes[:0]
+	for i := range b.Entries {
+		lg.scratch = b.Entries[i].AppendLeaf(lg.scratch[:0])
+		hs, err := tlog.StoredHashes(int64(b.Start)+int64(i), lg.scratch, r)
+		if err != nil {
+			return err
+		}
+		b.Hashes = append(b.Hashes, hs...)
+	}
+	if err := lg.store.Append(ctx, b); err != nil {
+		return fmt.Errorf("append: %w", err)
+	}
+	n := b.Start + uint64(len(b.Entries))
+	root, err := tlog.TreeHash(int64(n), lg.store)
+	if err != nil {
+		return err
+	}
+	lg.treeMu.Lock()
+	lg.treeSize, lg.treeRoot = n, root
+	lg.treeMu.Unlock()
+	return nil
+}
+
+// Committed fires (coalesced) after batches are committed; for a single follower such as the query index.
+func (lg *Log) Committed() <-chan struct{} { return lg.followWake }
+
+// Tree returns the size and root of the durable tree (which may be ahead of the published checkpoint).
+func (lg *Log) Tree() (uint64, tlog.Hash) {
+	lg.treeMu.RLock()
+	defer lg.treeMu.RUnlock()
+	return lg.treeSize, lg.treeRoot
+}
+
+func (lg *Log) wakeCheckpointer() {
+	select {
+	case lg.cpWake <- struct{}{}:
+	default:
+	}
+}
+
+// checkpointer signs and publishes a checkpoint for the durable tree at most once per CheckpointInterval, and
+// never later than CheckpointInterval after an acknowledgement.
+func (lg *Log) checkpointer() {
+	defer close(lg.cpDone)
+	var last time.Time
+	for range lg.cpWake {
+		if d := lg.l.cfg.CheckpointInterval - time.Since(last); d > 0 {
+			time.Sleep(d)
+		}
+		last = time.Now()
+		if err := lg.publish(); err != nil {
+			lg.l.cfg.Logger.Error("publish checkpoint", "system", lg.name, "err", err)
+		}
+	}
+	if err := lg.publish(); err != nil {
+		lg.l.cfg.Logger.Error("publish final checkpoint", "system", lg.name, "err", err)
+	}
+}
+
+func (lg *Log) publish() error {
+	n, root := lg.Tree()
+	if n == 0 {
+		return nil
+	}
+	if p := lg.published.Load(); p != nil && p.size == n {
+		return nil
+	}
+	body := Checkpoint{Origin: lg.signer.Name(), Size: n, Root: root}.Marshal()
+	signed, err := note.Sign(&note.Note{Text: string(body)}, lg.signer)
+	if err != nil {
+		return err
+	}
+	if err := lg.store.SetCheckpoint(context.Background(), n, signed); err != nil {
+		return err
+	}
+	lg.published.Store(&publishedCheckpoint{size: n, note: signed, at: time.Now()})
+	return nil
+}
+
+// Checkpoint returns the latest published signed checkpoint and its tree size (nil before the first).
+func (lg *Log) Checkpoint() ([]byte, uint64) {
+	p := lg.published.Load()
+	if p == nil {
+		return nil, 0
+	}
+	return p.note, p.size
+}
+
+// ErrRange: an index or tree size beyond the published tree.
+var ErrRange = errors.New("beyond the published tree")
+
+// InclusionProof proves that leaf index is in the tree of size n (n ≤ the published size).
+func (lg *Log) InclusionProof(index, n uint64) (tlog.RecordProof, error) {
+	if _, pub := lg.Checkpoint(); n > pub || index >= n {
+		return nil, ErrRange
+	}
+	return tlog.ProveRecord(int64(n), int64(index), lg.store)
+}
+
+// ConsistencyProof proves that the tree of size old is a prefix of the tree of size n.
+func (lg *Log) ConsistencyProof(old, n uint64) (tlog.TreeProof, error) {
+	if _, pub := lg.Checkpoint(); n > pub || old > n || old == 0 {
+		return nil, ErrRange
+	}
+	return tlog.ProveTree(int64(n), int64(old), lg.store)
+}
+
+// TileData returns a hash tile (height 8) within the published tree.
+func (lg *Log) TileData(t tlog.Tile) ([]byte, error) {
+	_, pub := lg.Checkpoint()
+	if !tileWithin(t, pub) {
+		return nil, ErrRange
+	}
+	return tlog.ReadTileData(t, lg.store)
+}
+
+// tileWithin reports whether tile t (width W at level L) is covered by a tree of n leaves.
+func tileWithin(t tlog.Tile, n uint64) bool {
+	if t.H != 8 || t.W < 1 || t.W > 256 || t.L < 0 || t.N < 0 {
+		return false
+	}
+	need := (uint64(t.N)*256 + uint64(t.W))
+	for i := 0; i < t.L; i++ {
+		need *= 256
+		if need > 1<<62 {
+			return false
+		}
+	}
+	return need <= n
+}
+
+// EntryBundle returns the C2SP tlog-tiles entry bundle of leaves [N*256, N*256+W): each leaf entry prefixed by
+// its big-endian uint16 length.
+func (lg *Log) EntryBundle(ctx context.Context, n int64, w int) ([]byte, error) {
+	_, pub := lg.Checkpoint()
+	if !tileWithin(tlog.Tile{H: 8, L: 0, N: n, W: w}, pub) {
+		return nil, ErrRange
+	}
+	var out []byte
+	start := uint64(n) * 256
+	err := lg.store.Entries(ctx, start, start+uint64(w), func(e *store.Entry) error {
+		at := len(out)
+		out = append(out, 0, 0)
+		out = e.AppendLeaf(out)
+		l := len(out) - at - 2
+		out[at], out[at+1] = byte(l>>8), byte(l)
+		return nil
+	})
+	return out, err
+}
+
+// Entry reads an entry (within the durable tree).
+func (lg *Log) Entry(ctx context.Context, index uint64) (*store.Entry, error) {
+	return lg.store.Entry(ctx, index)
+}
+
+// Store returns the underlying store log (for verification and indexing).
+func (lg *Log) Store() store.Log { return lg.store }
+
+// OpenPayload decrypts an entry's sealed payload. Callers must have recorded the access first.
+func (lg *Log) OpenPayload(e *store.Entry) ([]byte, error) {
+	if e.Sealed == nil || e.Envelope == nil {
+		return nil, errors.New("entry has no payload")
+	}
+	env, err := event.ParseEnvelope(e.Envelope)
+	if err != nil || env.Payload == nil {
+		return nil, errors.New("entry has no payload")
+	}
+	kc, err := event.ParseSHA256(env.Payload.KeyCommit)
+	if err != nil {
+		return nil, err
+	}
+	pk, err := lg.l.keys.Lookup(env.Payload.Key)
+	if err != nil {
+		return nil, err
+	}
+	return seal.Open(pk, e.ID[:], e.Sealed, kc)
+}
