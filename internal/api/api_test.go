@@ -1,0 +1,182 @@
+package api_test
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cairn-ai/cairn/internal/api"
+	"github.com/cairn-ai/cairn/internal/event"
+	"github.com/cairn-ai/cairn/internal/ledger"
+	"github.com/cairn-ai/cairn/internal/seal"
+	"github.com/cairn-ai/cairn/internal/store/local"
+)
+
+type fixture struct {
+	srv            *httptest.Server
+	admin, ingest  string
+	auditor, other string
+}
+
+func newFixture(t *testing.T) *fixture {
+	t.Helper()
+	dir := t.TempDir()
+	k := make([]byte, 32)
+	rand.Read(k)
+	kek, _ := seal.NewKEK(k)
+	keys, _ := seal.OpenKeyring(filepath.Join(dir, "keys"), kek)
+	_, sk, _ := ed25519.GenerateKey(rand.Reader)
+	st, err := local.Open(dir, local.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := ledger.Open(context.Background(), ledger.Config{Origin: "test.example", CheckpointInterval: 5 * time.Millisecond}, st, keys, sk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	tokens, _ := api.LoadTokens(filepath.Join(dir, "tokens.json"))
+	f := &fixture{}
+	f.admin, _ = tokens.Create(api.Principal{Name: "root", Roles: []string{api.RoleAdmin}})
+	f.ingest, _ = tokens.Create(api.Principal{Name: "svc", Roles: []string{api.RoleIngest}, Systems: []string{"credit"}})
+	f.auditor, _ = tokens.Create(api.Principal{Name: "aud", Roles: []string{api.RoleAuditor}})
+	f.other, _ = tokens.Create(api.Principal{Name: "svc2", Roles: []string{api.RoleIngest}, Systems: []string{"hiring"}})
+	f.srv = httptest.NewServer(api.New(api.Config{MaxBody: 1 << 16, Limits: event.Limits{MaxEvents: 100, MaxEventBytes: 4096, MaxRefs: 8}}, l, tokens, nil))
+	t.Cleanup(f.srv.Close)
+	f.do(t, "POST", "/v1/systems", f.admin, `{"id":"credit","name":"Credit","intended_purpose":"scoring","provider":"Acme"}`, 201)
+	return f
+}
+
+func (f *fixture) do(t *testing.T, method, path, token, body string, want int) map[string]any {
+	t.Helper()
+	req, _ := http.NewRequest(method, f.srv.URL+path, strings.NewReader(body))
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != want {
+		t.Fatalf("%s %s = %d %s, want %d", method, path, resp.StatusCode, b, want)
+	}
+	if want >= 400 && resp.Header.Get("Content-Type") != "application/problem+json" {
+		t.Errorf("%s %s: error content type %q", method, path, resp.Header.Get("Content-Type"))
+	}
+	out := map[string]any{}
+	json.Unmarshal(b, &out)
+	return out
+}
+
+const good = `{"type":"inference","model":{"name":"m","version":"1"},"payload":{"subject":"Jane Roe","output":1}}`
+
+func TestIngestAndRead(t *testing.T) {
+	f := newFixture(t)
+	out := f.do(t, "POST", "/v1/systems/credit/events", f.ingest, "["+good+","+good+"]", 200)
+	evs := out["events"].([]any)
+	if len(evs) != 2 || evs[0].(map[string]any)["index"].(float64) != 1 || evs[1].(map[string]any)["index"].(float64) != 2 {
+		t.Fatalf("receipts = %v", evs)
+	}
+	out = f.do(t, "POST", "/v1/systems/credit/events", f.ingest, good+"\n"+good+"\n", 200)
+	if len(out["events"].([]any)) != 2 {
+		t.Fatalf("NDJSON receipts = %v", out)
+	}
+	time.Sleep(50 * time.Millisecond)
+	ev := f.do(t, "GET", "/v1/systems/credit/events/1", f.auditor, "", 200)
+	if ev["checkpoint"] == nil || ev["inclusion_proof"] == nil || ev["payload"] != nil {
+		t.Errorf("event read = %v", ev)
+	}
+	if strings.Contains(ev["leaf"].(string)+string(mustJSON(ev["envelope"])), "Jane") {
+		t.Errorf("a personal value appears in the envelope")
+	}
+	ev = f.do(t, "GET", "/v1/systems/credit/events/1?payload=true", f.auditor, "", 200)
+	if !strings.Contains(string(mustJSON(ev["payload"])), "Jane Roe") {
+		t.Errorf("payload = %v", ev["payload"])
+	}
+	// The payload read was recorded as an access event, by the auditor, before the answer.
+	last := f.do(t, "GET", "/v1/systems/credit/events/5", f.auditor, "", 200)
+	envl := last["envelope"].(map[string]any)
+	if envl["type"] != "access" || envl["actor"] != "aud" {
+		t.Errorf("access record = %v", envl)
+	}
+	f.do(t, "GET", "/v1/systems/credit/proofs/inclusion?index=1", f.auditor, "", 200)
+	f.do(t, "GET", "/v1/systems/credit/proofs/consistency?from=1", f.auditor, "", 200)
+	f.do(t, "GET", "/v1/systems", f.auditor, "", 200)
+	f.do(t, "GET", "/v1/systems/credit", f.auditor, "", 200)
+}
+
+func mustJSON(v any) []byte { b, _ := json.Marshal(v); return b }
+
+func TestProblems(t *testing.T) {
+	f := newFixture(t)
+	for _, tc := range []struct {
+		name, path, token, body string
+		status                  int
+		field                   string
+		event                   float64
+	}{
+		{"malformed", "/v1/systems/credit/events", f.ingest, `[{"type":`, 422, "", 0},
+		{"wrong type", "/v1/systems/credit/events", f.ingest, `[` + good + `,{"type":"inference","model":{"name":"m","version":1},"payload":{"output":1}}]`, 422, "/model/version", 1},
+		{"missing field", "/v1/systems/credit/events", f.ingest, `[{"type":"inference","payload":{"output":1}}]`, 422, "/model", 0},
+		{"unknown field", "/v1/systems/credit/events", f.ingest, `[{"type":"inference","model":{"name":"m","version":"1"},"payload":{"output":1},"name":"x"}]`, 422, "/name", 0},
+		{"duplicate key", "/v1/systems/credit/events", f.ingest, `[{"type":"inference","type":"inference"}]`, 422, "", 0},
+		{"oversized event", "/v1/systems/credit/events", f.ingest, `[{"type":"inference","model":{"name":"m","version":"1"},"payload":{"output":"` + strings.Repeat("a", 5000) + `"}}]`, 422, "", 0},
+		{"oversized body", "/v1/systems/credit/events", f.ingest, strings.Repeat(" ", 1<<17), 413, "", -1},
+		{"unknown system", "/v1/systems/nope/events", f.admin, `[` + good + `]`, 404, "", -1},
+		{"no token", "/v1/systems/credit/events", "", `[` + good + `]`, 401, "", -1},
+		{"bad token", "/v1/systems/credit/events", "cairn_nope", `[` + good + `]`, 401, "", -1},
+		{"out of scope", "/v1/systems/credit/events", f.other, `[` + good + `]`, 403, "", -1},
+		{"wrong role", "/v1/systems/credit/events", f.auditor, `[` + good + `]`, 403, "", -1},
+		{"ingest cannot register", "/v1/systems", f.ingest, `{}`, 403, "", -1},
+		{"bad definition", "/v1/systems", f.admin, `{"id":"x","name":"n"}`, 422, "/intended_purpose", -1},
+		{"server-only type", "/v1/systems/credit/events", f.ingest, `[{"type":"system.updated"}]`, 422, "/type", 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := f.do(t, "POST", tc.path, tc.token, tc.body, tc.status)
+			if p["status"].(float64) != float64(tc.status) || p["title"] == "" {
+				t.Errorf("problem = %v", p)
+			}
+			if tc.field != "" || tc.event >= 0 {
+				errs, _ := p["errors"].([]any)
+				if len(errs) != 1 {
+					t.Fatalf("problem without the field at fault: %v", p)
+				}
+				e := errs[0].(map[string]any)
+				if tc.field != "" && e["field"] != tc.field {
+					t.Errorf("field = %v, want %s", e["field"], tc.field)
+				}
+				if tc.event >= 0 && e["event"] != tc.event {
+					t.Errorf("event = %v, want %v", e["event"], tc.event)
+				}
+			}
+		})
+	}
+	// Nothing of a rejected batch was stored: only the registration is in the log.
+	sys := f.do(t, "GET", "/v1/systems/credit", f.auditor, "", 200)
+	if sys["tree_size"].(float64) != 1 {
+		t.Errorf("rejected requests changed the log: %v entries", sys["tree_size"])
+	}
+}
+
+func TestOpenRoutes(t *testing.T) {
+	f := newFixture(t)
+	time.Sleep(30 * time.Millisecond)
+	for _, p := range []string{"/healthz", "/readyz", "/metrics", "/logs/credit/checkpoint", "/logs/credit/vkey", "/logs/credit/tile/0/000.p/1", "/openapi.yaml"} {
+		f.do(t, "GET", p, "", "", 200)
+	}
+	f.do(t, "GET", "/logs/credit/tile/entries/000.p/1", "", "", 401)
+	f.do(t, "GET", "/logs/credit/tile/entries/000.p/1", f.auditor, "", 200)
+	f.do(t, "GET", "/logs/credit/tile/0/000", "", "", 404)      // the full tile does not exist yet
+	f.do(t, "GET", "/logs/credit/tile/0/0000.p/1", "", "", 404) // malformed
+	f.do(t, "GET", "/logs/nope/checkpoint", "", "", 404)
+}
