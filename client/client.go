@@ -275,17 +275,9 @@ func (c *Client) EntryBundle(ctx context.Context, system string, n int64, w int)
 	if err != nil {
 		return nil, err
 	}
-	var out [][]byte
-	for len(b) > 0 {
-		if len(b) < 2 {
-			return nil, fmt.Errorf("entry bundle truncated")
-		}
-		l := int(b[0])<<8 | int(b[1])
-		if len(b) < 2+l {
-			return nil, fmt.Errorf("entry bundle truncated")
-		}
-		out = append(out, b[2:2+l])
-		b = b[2+l:]
+	out, err := ledger.ParseEntryBundle(b)
+	if err != nil {
+		return nil, err
 	}
 	if len(out) != w {
 		return nil, fmt.Errorf("entry bundle holds %d entries, want %d", len(out), w)

@@ -15,6 +15,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -74,7 +75,7 @@ func New(cfg Config, l *ledger.Ledger, t *Tokens, idx Index) *Server {
 	}
 	s := &Server{cfg: cfg, ledger: l, tokens: t, index: idx, mux: http.NewServeMux()}
 	s.bufs.New = func() any { return new(bytes.Buffer) }
-	m := s.mux
+	m := routeRecorder{s.mux}
 	m.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
 	m.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ready\n") })
 	m.HandleFunc("GET /metrics", s.metrics)
@@ -93,6 +94,18 @@ func New(cfg Config, l *ledger.Ledger, t *Tokens, idx Index) *Server {
 	m.HandleFunc("GET /v1/systems/{system}/proofs/inclusion", s.inclusion)
 	m.HandleFunc("GET /v1/systems/{system}/proofs/consistency", s.consistency)
 	return s
+}
+
+// routes lists every registered pattern, so tests can hold the OpenAPI document to the code.
+var routes []string
+
+type routeRecorder struct{ *http.ServeMux }
+
+func (r routeRecorder) HandleFunc(pattern string, h func(http.ResponseWriter, *http.Request)) {
+	if !slices.Contains(routes, pattern) {
+		routes = append(routes, pattern)
+	}
+	r.ServeMux.HandleFunc(pattern, h)
 }
 
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }

@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/cairn-ai/cairn/internal/atomicfile"
 )
@@ -51,9 +52,10 @@ type tokenRecord struct {
 
 // Tokens is the bearer-token table, stored hashed in a file.
 type Tokens struct {
-	path string
-	mu   sync.RWMutex
-	recs []tokenRecord
+	path  string
+	mu    sync.RWMutex
+	recs  []tokenRecord
+	mtime time.Time // of the file when read, so tokens created by `cairn token create` are picked up
 }
 
 // LoadTokens reads the token file (a missing file is an empty table).
@@ -69,7 +71,31 @@ func LoadTokens(path string) (*Tokens, error) {
 	if err := json.Unmarshal(b, &t.recs); err != nil {
 		return nil, fmt.Errorf("token file %s is damaged", path)
 	}
+	if fi, err := os.Stat(path); err == nil {
+		t.mtime = fi.ModTime()
+	}
 	return t, nil
+}
+
+// reload rereads the token file if it changed since it was read.
+func (t *Tokens) reload() {
+	fi, err := os.Stat(t.path)
+	if err != nil {
+		return
+	}
+	t.mu.RLock()
+	same := fi.ModTime().Equal(t.mtime)
+	t.mu.RUnlock()
+	if same {
+		return
+	}
+	n, err := LoadTokens(t.path)
+	if err != nil {
+		return
+	}
+	t.mu.Lock()
+	t.recs, t.mtime = n.recs, n.mtime
+	t.mu.Unlock()
 }
 
 // Len is the number of tokens.
@@ -101,6 +127,14 @@ func (t *Tokens) Authenticate(token string) *Principal {
 	}
 	h := sha256.Sum256([]byte(token))
 	want := hex.EncodeToString(h[:])
+	if p := t.lookup(want); p != nil {
+		return p
+	}
+	t.reload()
+	return t.lookup(want)
+}
+
+func (t *Tokens) lookup(want string) *Principal {
 	t.mu.RLock()
 	defer t.mu.RUnlock()
 	var found *Principal

@@ -151,3 +151,45 @@ func FuzzTilePath(f *testing.F) {
 		}
 	})
 }
+
+func TestEntryBundleGolden(t *testing.T) {
+	var b []byte
+	for _, e := range []string{"", "a", strings.Repeat("x", 300)} {
+		var err error
+		if b, err = AppendEntry(b, []byte(e)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if want := "\x00\x00\x00\x01a\x01\x2c"; string(b[:len(want)]) != want || len(b) != 2+3+2+300 {
+		t.Fatalf("bundle = %q", b[:10])
+	}
+	es, err := ParseEntryBundle(b)
+	if err != nil || len(es) != 3 || string(es[1]) != "a" || len(es[2]) != 300 {
+		t.Fatalf("ParseEntryBundle = %q, %v", es, err)
+	}
+	for _, cut := range []int{1, 3, len(b) - 1} {
+		if _, err := ParseEntryBundle(b[:cut]); err == nil {
+			t.Errorf("bundle truncated at %d parsed", cut)
+		}
+	}
+	if _, err := AppendEntry(nil, make([]byte, 65536)); err == nil {
+		t.Errorf("an entry over 65,535 bytes was bundled")
+	}
+}
+
+func FuzzEntryBundle(f *testing.F) {
+	f.Add([]byte("\x00\x01a\x00\x00"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		es, err := ParseEntryBundle(b)
+		if err != nil {
+			return
+		}
+		var again []byte
+		for _, e := range es {
+			again, _ = AppendEntry(again, e)
+		}
+		if string(again) != string(b) {
+			t.Fatalf("bundle does not re-encode to itself")
+		}
+	})
+}

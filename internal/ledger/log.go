@@ -683,13 +683,12 @@ func (lg *Log) EntryBundle(ctx context.Context, n int64, w int) ([]byte, error) 
 	}
 	var out []byte
 	start := uint64(n) * 256
+	var leaf []byte
 	err := lg.store.Entries(ctx, start, start+uint64(w), func(e *store.Entry) error {
-		at := len(out)
-		out = append(out, 0, 0)
-		out = e.AppendLeaf(out)
-		l := len(out) - at - 2
-		out[at], out[at+1] = byte(l>>8), byte(l)
-		return nil
+		leaf = e.AppendLeaf(leaf[:0])
+		var err error
+		out, err = AppendEntry(out, leaf)
+		return err
 	})
 	return out, err
 }

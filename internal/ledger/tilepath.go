@@ -76,3 +76,30 @@ func ParseTilePath(p string) (level int, entries bool, n int64, w int, err error
 	}
 	return level, entries, n, w, nil
 }
+
+// ParseEntryBundle splits a C2SP tlog-tiles entry bundle into its entries (each a big-endian uint16 length and
+// that many bytes). It rejects a truncated bundle.
+func ParseEntryBundle(b []byte) ([][]byte, error) {
+	var out [][]byte
+	for len(b) > 0 {
+		if len(b) < 2 {
+			return nil, fmt.Errorf("entry bundle truncated")
+		}
+		l := int(b[0])<<8 | int(b[1])
+		if len(b) < 2+l {
+			return nil, fmt.Errorf("entry bundle truncated")
+		}
+		out = append(out, b[2:2+l:2+l])
+		b = b[2+l:]
+	}
+	return out, nil
+}
+
+// AppendEntry appends one entry to a bundle. Entries over 65,535 bytes cannot be bundled.
+func AppendEntry(bundle, entry []byte) ([]byte, error) {
+	if len(entry) > 0xffff {
+		return nil, fmt.Errorf("entry of %d bytes is over the 65,535-byte bundle limit", len(entry))
+	}
+	bundle = append(bundle, byte(len(entry)>>8), byte(len(entry)))
+	return append(bundle, entry...), nil
+}

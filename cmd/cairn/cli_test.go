@@ -1,0 +1,93 @@
+package main
+
+import (
+	"bytes"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/rogpeppe/go-internal/testscript"
+)
+
+var (
+	cliOnce sync.Once
+	cliDir  string
+	cliErr  error
+)
+
+// cliBinary builds the cairn binary once per test run.
+func cliBinary(t *testing.T) string {
+	cliOnce.Do(func() {
+		cliDir, cliErr = os.MkdirTemp("", "cairn-cli-")
+		if cliErr != nil {
+			return
+		}
+		out, err := exec.Command("go", "build", "-o", filepath.Join(cliDir, "cairn"), ".").CombinedOutput()
+		if err != nil {
+			cliErr = err
+			cliDir = string(out)
+		}
+	})
+	if cliErr != nil {
+		t.Fatalf("build cairn: %v\n%s", cliErr, cliDir)
+	}
+	return cliDir
+}
+
+// TestScripts runs the CLI scripts in testdata/script against the real binary.
+func TestScripts(t *testing.T) {
+	bin := cliBinary(t)
+	testscript.Run(t, testscript.Params{
+		Dir: "testdata/script",
+		Setup: func(env *testscript.Env) error {
+			env.Setenv("PATH", bin+string(os.PathListSeparator)+env.Getenv("PATH"))
+			env.Setenv("XDG_STATE_HOME", filepath.Join(env.WorkDir, "state"))
+			l, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				return err
+			}
+			env.Setenv("PORT", strconv.Itoa(l.Addr().(*net.TCPAddr).Port))
+			return l.Close()
+		},
+		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
+			// waitserver PORT: wait until the server answers /healthz.
+			"waitserver": func(ts *testscript.TestScript, neg bool, args []string) {
+				deadline := time.Now().Add(20 * time.Second)
+				for time.Now().Before(deadline) {
+					resp, err := http.Get("http://127.0.0.1:" + args[0] + "/healthz")
+					if err == nil {
+						resp.Body.Close()
+						return
+					}
+					time.Sleep(50 * time.Millisecond)
+				}
+				ts.Fatalf("server on port %s did not come up", args[0])
+			},
+			// post URL TOKENFILE BODYFILE: POST a body with a bearer token; prints the status and the answer.
+			"post": func(ts *testscript.TestScript, neg bool, args []string) {
+				tok, _ := os.ReadFile(ts.MkAbs(args[1]))
+				body, _ := os.ReadFile(ts.MkAbs(args[2]))
+				req, _ := http.NewRequest("POST", args[0], bytes.NewReader(body))
+				req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(tok)))
+				resp, err := http.DefaultClient.Do(req)
+				if err != nil {
+					ts.Fatalf("post: %v", err)
+				}
+				defer resp.Body.Close()
+				var b bytes.Buffer
+				b.ReadFrom(resp.Body)
+				ts.Stdout().Write([]byte(resp.Status + "\n" + b.String()))
+				if (resp.StatusCode >= 300) != neg {
+					ts.Fatalf("post: unexpected status %s", resp.Status)
+				}
+			},
+		},
+	})
+}
