@@ -14,6 +14,9 @@ import (
 	"golang.org/x/mod/sumdb/tlog"
 
 	"github.com/cairn-ai/cairn/client"
+	"github.com/cairn-ai/cairn/internal/ledger"
+	"github.com/cairn-ai/cairn/internal/seal"
+	"github.com/cairn-ai/cairn/internal/store"
 	"github.com/cairn-ai/cairn/internal/store/local"
 	"github.com/cairn-ai/cairn/internal/verify"
 )
@@ -30,6 +33,8 @@ func cmdVerify(args []string, stdout, stderr io.Writer) error {
 	vkey := fs.String("vkey", "", "with --url: the log's note verifier key (obtained out of band)")
 	entries := fs.Bool("entries", false, "with --url: also fetch every entry bundle and check each leaf against the tree (needs CAIRN_TOKEN)")
 	jsonOut := fs.Bool("json", false, "print the report as JSON")
+	decrypt := fs.Bool("decrypt", false, "with --data: also open every sealed payload with the keys (--kek) — the operator's check")
+	kekPath := fs.String("kek", "", "with --decrypt: key-encryption key file (env CAIRN_KEK_FILE; default DATA/keys/kek)")
 	if err := fs.Parse(args); err != nil {
 		return errUsage
 	}
@@ -40,7 +45,7 @@ func cmdVerify(args []string, stdout, stderr io.Writer) error {
 		}
 		return verifyRemote(*url, *sys, *vkey, *stateFile, *entries, stdout)
 	case *data != "":
-		return verifyData(*data, *full, *stateFile, *pubFile, *jsonOut, stdout)
+		return verifyData(*data, *full, *stateFile, *pubFile, *jsonOut, *decrypt, *kekPath, stdout)
 	default:
 		fmt.Fprintln(stderr, "usage: cairn verify --data DIR [--full] | --url URL --system S --vkey KEY")
 		return errUsage
@@ -57,7 +62,7 @@ func defaultState(kind, key string) string {
 	return filepath.Join(dir, "cairn", "verify", kind+"-"+hex.EncodeToString(h[:8])+".json")
 }
 
-func verifyData(data string, full bool, stateFile, pubFile string, jsonOut bool, stdout io.Writer) error {
+func verifyData(data string, full bool, stateFile, pubFile string, jsonOut, decrypt bool, kekPath string, stdout io.Writer) error {
 	abs, err := filepath.Abs(data)
 	if err != nil {
 		return err
@@ -93,7 +98,23 @@ func verifyData(data string, full bool, stateFile, pubFile string, jsonOut bool,
 		return err
 	}
 	defer st.Close()
-	rep, err := verify.Store(context.Background(), st, verify.Options{VKey: vkeyFunc(cfg.Origin, pub), Full: full, Prev: prev})
+	opts := verify.Options{VKey: vkeyFunc(cfg.Origin, pub), Full: full, Prev: prev}
+	if decrypt {
+		kp := defaultPaths(abs, "", kekPath)
+		kek, _, err := seal.LoadKEK(kp.kek, false)
+		if err != nil {
+			return err
+		}
+		keys, err := seal.OpenKeyring(kp.keyring(), kek)
+		if err != nil {
+			return err
+		}
+		opts.Open = func(system string, e *store.Entry) error {
+			_, err := ledger.OpenSealed(keys, e)
+			return err
+		}
+	}
+	rep, err := verify.Store(context.Background(), st, opts)
 	if err != nil {
 		return err
 	}

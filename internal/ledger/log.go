@@ -702,7 +702,11 @@ func (lg *Log) Entry(ctx context.Context, index uint64) (*store.Entry, error) {
 func (lg *Log) Store() store.Log { return lg.store }
 
 // OpenPayload decrypts an entry's sealed payload. Callers must have recorded the access first.
-func (lg *Log) OpenPayload(e *store.Entry) ([]byte, error) {
+func (lg *Log) OpenPayload(e *store.Entry) ([]byte, error) { return OpenSealed(lg.l.keys, e) }
+
+// OpenSealed decrypts an entry's sealed payload with the keyring, checking the data key against the
+// envelope's key commitment.
+func OpenSealed(keys *seal.Keyring, e *store.Entry) ([]byte, error) {
 	if e.Sealed == nil || e.Envelope == nil {
 		return nil, errors.New("entry has no payload")
 	}
@@ -714,7 +718,7 @@ func (lg *Log) OpenPayload(e *store.Entry) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	pk, err := lg.l.keys.Lookup(env.Payload.Key)
+	pk, err := keys.Lookup(env.Payload.Key)
 	if err != nil {
 		return nil, err
 	}

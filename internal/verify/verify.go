@@ -92,6 +92,10 @@ type Options struct {
 	Full bool
 	// Prev is the remembered state (may be empty).
 	Prev map[string]LogState
+	// Open, when set, opens every sealed payload (the operator's check, with the keys): it catches damage to a
+	// wrapped data key, which the keyless commitments cannot see because re-wrapping (a legal hold) must not
+	// change them.
+	Open func(system string, e *store.Entry) error
 }
 
 // edge is the right edge of a Merkle tree: the roots of its perfect subtrees, largest first.
@@ -217,6 +221,11 @@ func verifyLog(ctx context.Context, name string, lg store.Log, opts Options, pre
 		}
 		lastRec = en.Recorded
 		checkEntry(name, en, fail)
+		if opts.Open != nil && en.Sealed != nil && en.Envelope != nil {
+			if err := opts.Open(name, en); err != nil {
+				fail(i, "sealed payload does not open: "+err.Error())
+			}
+		}
 		e.push(lh)
 		size := en.Index + 1
 		if want, ok := cps[size]; ok {
