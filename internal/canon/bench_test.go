@@ -1,6 +1,7 @@
 package canon
 
 import (
+	"fmt"
 	"testing"
 
 	"github.com/go-json-experiment/json/jsontext"
@@ -42,6 +43,25 @@ func BenchmarkAppendCanonical(b *testing.B) {
 	b.SetBytes(int64(len(src)))
 	b.ReportAllocs()
 	for b.Loop() {
+		if dst, err = Append(dst[:0], src); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkAppendWide measures an object too large for the pairwise name
+// check: 256 members in reverse order.
+func BenchmarkAppendWide(b *testing.B) {
+	src := []byte{'{'}
+	for i := 255; i >= 0; i-- {
+		src = fmt.Appendf(src, `"attribute_%03d":%d,`, i, i)
+	}
+	src[len(src)-1] = '}'
+	dst := make([]byte, 0, 2*len(src))
+	b.SetBytes(int64(len(src)))
+	b.ReportAllocs()
+	for b.Loop() {
+		var err error
 		if dst, err = Append(dst[:0], src); err != nil {
 			b.Fatal(err)
 		}

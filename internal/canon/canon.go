@@ -2,21 +2,20 @@
 // Scheme, JCS) output for Cairn.
 //
 // Every record Cairn stores is hashed over the bytes produced by [Append], so
-// those bytes are part of the log's on-disk format: for a given input they must
-// be identical on every machine, in every process and in every future version
-// of this package.
+// those bytes are part of the log's format: for a given input they must be
+// the same on every machine, in every process and in every future version of
+// this package. Changing what Append outputs or accepts is a format change.
 //
-// To make that promise keepable, canon is deliberately stricter than RFC 8259.
-// It must never accept input whose canonical form would lose or guess at
-// information: invalid UTF-8, lone UTF-16 surrogate escapes, duplicate member
-// names, member names that differ only in case, numbers that overflow float64,
-// integer literals beyond ±2^53 and nesting deeper than [MaxDepth] are all
-// rejected with an [*Error] that names the offending member.
+// canon must never accept input whose canonical form would silently differ in
+// meaning from what was sent. It therefore rejects, besides malformed JSON:
+// invalid UTF-8 and lone surrogate escapes, duplicate member names, member
+// names that differ only in case, numbers that overflow float64, integer
+// literals beyond ±2^53 that canonicalization would change (such as 2^53+1),
+// and nesting deeper than [MaxDepth]. Rejections are [*Error] values naming the
+// offending member by JSON Pointer.
 //
-// canon must never depend on anything but its input bytes: no reflection, no
-// map iteration order, no locale, no global configuration. It does not decode
-// JSON into Go values; callers that need values decode the canonical bytes
-// with a JSON library of their choice.
+// canon must never depend on anything but its input bytes (no reflection, map
+// order, locale or global settings) and never decodes JSON into Go values.
 package canon
 
 import (
@@ -52,21 +51,26 @@ const maxCanonicalIntDigits = 21
 
 // Error describes why [Append] rejected its input.
 //
-// Path is the RFC 6901 JSON Pointer of the offending value or member, for
-// example "/payload/Name"; it is "" when the problem is with the top-level
-// value itself or with the syntax of a container (in which case it names the
-// container). Reason is a short lowercase description. Offset is the byte
-// offset into the input at which the problem was detected.
+// Path is the RFC 6901 JSON Pointer of the value or member at fault: for
+// example "/payload/Name" for a member name that collides with "name", or
+// "/n/1" for a number in an array. Syntax errors between members or elements
+// name the enclosing container, and Path is "" for the top-level value.
+// Reason is a short lowercase description, and Offset the byte offset in the
+// input at which the problem was detected.
 type Error struct {
 	Path   string
 	Reason string
 	Offset int64
 }
 
-// Error returns "at PATH: REASON", or "at offset N: REASON" when Path is empty.
+// Error returns "at PATH: REASON", or "at offset N: REASON" when Path is
+// empty. A Path with non-printable characters is quoted.
 func (e *Error) Error() string {
-	if e.Path == "" {
+	switch {
+	case e.Path == "":
 		return "at offset " + strconv.FormatInt(e.Offset, 10) + ": " + e.Reason
+	case strings.ContainsFunc(e.Path, func(r rune) bool { return !unicode.IsPrint(r) }):
+		return "at " + strconv.Quote(e.Path) + ": " + e.Reason
 	}
 	return "at " + e.Path + ": " + e.Reason
 }
@@ -151,7 +155,8 @@ const (
 	flagInBuf                      // member name is stored decoded in state.names
 )
 
-// entry is the compact per-member record that name checks and sorting work on.
+// entry is the compact per-member record that name checks and sorting of
+// large objects work on.
 type entry struct {
 	key  uint64 // the name's first 8 bytes in UTF-16 order, see loadKey
 	fold uint64 // equal for names equal under case folding, see foldKey
@@ -369,49 +374,114 @@ func (s *state) name(m *member) []byte {
 // canonical members, separated by commas, are dst[objStart:], and reorders
 // them per RFC 8785 section 3.2.3 if they are not already in order.
 func (s *state) finishObject(dst []byte, objStart int, ms []member) ([]byte, *Error) {
-	small := len(ms) <= smallObject
+	if len(ms) > smallObject {
+		return s.finishLarge(dst, objStart, ms)
+	}
+	var keys, folds [smallObject]uint64
+	for k := range ms {
+		keys[k], folds[k] = s.keys(&ms[k], true)
+	}
+	n := len(ms)
+	// Names equal under case folding have equal folds; check those pairs.
+	for j := 1; j < n; j++ {
+		for i := range j {
+			if folds[i] == folds[j] && s.foldEqual(&ms[i], &ms[j]) {
+				return dst, s.nameError(&ms[i], &ms[j])
+			}
+		}
+	}
+	// Insertion sort of member indices by name: n is small, and input that
+	// is already in order, such as stored records being verified, costs
+	// only n-1 comparisons. Names are now known to be distinct.
+	var order [smallObject]uint8
+	moved := 0
+	for i := range n {
+		order[i] = uint8(i)
+	}
+	for i := 1; i < n; i++ {
+		e, ke := order[i], keys[i]
+		j := i
+		for ; j > 0; j-- {
+			p := order[j-1]
+			if kp := keys[p]; ke > kp || ke == kp && s.compareNames(&ms[e], &ms[p]) > 0 {
+				break
+			}
+			order[j] = p
+		}
+		order[j] = e
+		moved |= j ^ i
+	}
+	if moved == 0 {
+		return dst, nil
+	}
+	return s.reorder(dst, objStart, ms, func(k int) int { return int(order[k]) }), nil
+}
+
+// finishLarge is finishObject for objects of more than smallObject members.
+func (s *state) finishLarge(dst []byte, objStart int, ms []member) ([]byte, *Error) {
 	es := slices.Grow(s.ents[:0], len(ms))[:len(ms)]
 	s.ents = es
 	for k := range ms {
-		m, e := &ms[k], &es[k]
-		name := s.name(m)
-		e.idx = k
-		e.key = loadKey(name)
-		switch {
-		case m.flags&flagNonASCII != 0:
-			e.fold = s.foldNonASCII(name, small)
-			if m.flags&flagHigh != 0 {
-				e.key = utf16Key(e.key)
-			}
-		case small:
-			e.fold = foldKey(upperASCII(e.key), len(name))
-		default:
-			e.fold = hashFolded(name, true)
-		}
+		es[k].key, es[k].fold = s.keys(&ms[k], false)
+		es[k].idx = k
 	}
-	if err := s.checkNames(ms, es); err != nil {
+	if err := s.checkLarge(ms, es); err != nil {
 		return dst, err
 	}
-	s.sortEntries(ms, es)
-	inOrder := true
+	slices.SortFunc(es, func(a, b entry) int {
+		if a.key != b.key {
+			return cmp.Compare(a.key, b.key)
+		}
+		return s.compareNames(&ms[a.idx], &ms[b.idx])
+	})
 	for k := range es {
 		if es[k].idx != k {
-			inOrder = false
-			break
+			return s.reorder(dst, objStart, ms, func(k int) int { return es[k].idx }), nil
 		}
 	}
-	if inOrder {
-		return dst, nil
-	}
+	return dst, nil
+}
+
+// reorder rewrites the members in dst[objStart:] in the order given by
+// ms[at(0)], ms[at(1)], ...
+func (s *state) reorder(dst []byte, objStart int, ms []member, at func(int) int) []byte {
 	s.tmp = append(s.tmp[:0], dst[objStart:]...)
 	dst = dst[:objStart]
-	for k, e := range es {
+	for k := range ms {
 		if k > 0 {
 			dst = append(dst, ',')
 		}
-		dst = append(dst, s.tmp[ms[e.idx].start-objStart:ms[e.idx].end-objStart]...)
+		m := &ms[at(k)]
+		dst = append(dst, s.tmp[m.start-objStart:m.end-objStart]...)
 	}
-	return dst, nil
+	return dst
+}
+
+// keys returns the sort key of m's name (see loadKey) and its fold filter:
+// a foldKey if small, else a hash of the case-folded name.
+func (s *state) keys(m *member, small bool) (key, fold uint64) {
+	name := s.name(m)
+	key = loadKey(name)
+	switch {
+	case m.flags&flagNonASCII != 0:
+		fold = s.foldNonASCII(name, small)
+		if m.flags&flagHigh != 0 {
+			key = utf16Key(key)
+		}
+	case small:
+		fold = foldKey(upperASCII(key), len(name))
+	default:
+		fold = hashFolded(name, true)
+	}
+	return key, fold
+}
+
+// compareNames compares the names of a and b in UTF-16 order.
+func (s *state) compareNames(a, b *member) int {
+	if (a.flags|b.flags)&flagHigh == 0 {
+		return bytes.Compare(s.name(a), s.name(b)) // UTF-8 byte order is code point order
+	}
+	return compareUTF16(s.name(a), s.name(b))
 }
 
 // utf16Order maps UTF-8 bytes so that byte order becomes UTF-16 code unit
@@ -487,52 +557,14 @@ func foldKey(k uint64, n int) uint64 {
 	return k ^ uint64(n)*0x9e3779b97f4a7c15
 }
 
-// compareEntries compares the names of a and b in UTF-16 order.
-func (s *state) compareEntries(ms []member, a, b *entry) int {
-	if a.key != b.key {
-		return cmp.Compare(a.key, b.key)
-	}
-	ma, mb := &ms[a.idx], &ms[b.idx]
-	if (ma.flags|mb.flags)&flagHigh == 0 {
-		return bytes.Compare(s.name(ma), s.name(mb)) // UTF-8 byte order is code point order
-	}
-	return compareUTF16(s.name(ma), s.name(mb))
-}
-
-// sortEntries sorts es by member name. Names are distinct (checkNames ran).
-func (s *state) sortEntries(ms []member, es []entry) {
-	if len(es) > 32 {
-		slices.SortFunc(es, func(a, b entry) int { return s.compareEntries(ms, &a, &b) })
-		return
-	}
-	for i := 1; i < len(es); i++ {
-		e := es[i]
-		j := i
-		for ; j > 0 && (e.key < es[j-1].key || e.key == es[j-1].key && s.compareEntries(ms, &e, &es[j-1]) < 0); j-- {
-			es[j] = es[j-1]
-		}
-		es[j] = e
-	}
-}
-
 // smallObject is the member count up to which names are checked pairwise.
 const smallObject = 16
 
-// checkNames rejects objects in which two member names are equal under
-// strings.EqualFold (which includes exact duplicates). It reports the member
-// at which the collision first becomes apparent in source order. es must be
-// in member order; for large objects it is left sorted by hash.
-func (s *state) checkNames(ms []member, es []entry) *Error {
-	if len(es) <= smallObject {
-		for j := 1; j < len(es); j++ {
-			for i := range j {
-				if es[i].fold == es[j].fold && s.foldEqual(&ms[i], &ms[j]) {
-					return s.nameError(&ms[i], &ms[j])
-				}
-			}
-		}
-		return nil
-	}
+// checkLarge rejects objects in which two member names are equal under
+// strings.EqualFold (which includes exact duplicates), reporting the member at
+// which the collision first becomes apparent in source order, like the
+// pairwise check in finishObject. It sorts es by fold.
+func (s *state) checkLarge(ms []member, es []entry) *Error {
 	slices.SortFunc(es, func(a, b entry) int {
 		if c := cmp.Compare(a.fold, b.fold); c != 0 {
 			return c
@@ -671,6 +703,7 @@ func (s *state) number(dst []byte, i int) ([]byte, int, *Error) {
 		return dst, i, s.errUnexpected(i, "in number")
 	}
 	intEnd := i
+	fracEnd := i
 	if i < len(src) && src[i] == '.' {
 		i++
 		if i >= len(src) || !isDigit(src[i]) {
@@ -678,6 +711,7 @@ func (s *state) number(dst []byte, i int) ([]byte, int, *Error) {
 		}
 		for i++; i < len(src) && isDigit(src[i]); i++ {
 		}
+		fracEnd = i
 	}
 	if i < len(src) && (src[i] == 'e' || src[i] == 'E') {
 		i++
@@ -717,11 +751,39 @@ func (s *state) number(dst []byte, i int) ([]byte, int, *Error) {
 		}
 		return dst, i, s.errAt(start, reasonBigInt)
 	}
+	if fracEnd == i && canonicalDecimal(src[digits:intEnd], src[intEnd+1:fracEnd]) {
+		return append(dst, lit...), i, nil
+	}
 	f, ok := parseFloat(lit)
 	if !ok {
 		return dst, i, s.errAt(start, reasonOverflow)
 	}
 	return appendFloat(dst, f), i, nil
+}
+
+// canonicalDecimal reports whether a number literal without exponent, with
+// integer digits intPart and fraction digits frac (non-empty), is already in
+// canonical form. That holds if it has at most 15 significant digits, no
+// trailing zero and a magnitude of at least 1e-6: a decimal of at most 15
+// significant digits is the unique such decimal that rounds to its float64
+// (DBL_DIG is 15), so it is also the shortest one that round-trips, and
+// ECMAScript formats it in fixed notation exactly as written.
+func canonicalDecimal(intPart, frac []byte) bool {
+	if frac[len(frac)-1] == '0' {
+		return false
+	}
+	sig := len(intPart) + len(frac)
+	if intPart[0] == '0' { // "0.000ddd"
+		z := 0
+		for z < len(frac) && frac[z] == '0' {
+			z++
+		}
+		if z > 5 { // below 1e-6
+			return false
+		}
+		sig = len(frac) - z
+	}
+	return sig <= 15
 }
 
 // parseFloat parses a validated JSON number. The only possible failure is
@@ -833,30 +895,32 @@ func special(v uint64) uint64 {
 func (s *state) str(dst []byte, i int) ([]byte, int, uint8, *Error) {
 	src := s.src
 	quote := i
+	run := i // start of the bytes to copy as they are, quotes included
 	var flags uint8
-	dst = append(dst, '"')
 	i++
 	for {
-		// Find the longest run that needs no rewriting, 8 bytes at a time
-		// where possible, and copy it.
-		run := i
-		for i < len(src) {
+		// Skip plain ASCII, 8 bytes at a time where possible.
+	scan:
+		for {
 			if len(src)-i >= 8 {
-				if sp := special(binary.LittleEndian.Uint64(src[i:])); sp == 0 {
-					i += 8
-					continue
-				} else {
+				if sp := special(binary.LittleEndian.Uint64(src[i:])); sp != 0 {
 					i += bits.TrailingZeros64(sp) >> 3
+					break scan
 				}
+				i += 8
+				continue
 			}
-			c := src[i]
-			if c < utf8.RuneSelf {
-				if !strPlain[c] {
-					break
-				}
+			if i < len(src) && src[i] < utf8.RuneSelf && strPlain[src[i]] {
 				i++
 				continue
 			}
+			break
+		}
+		if i >= len(src) {
+			return dst, i, flags, s.errAt(quote, "unterminated string")
+		}
+		c := src[i]
+		if c >= utf8.RuneSelf {
 			r, size := utf8.DecodeRune(src[i:])
 			if r == utf8.RuneError && size == 1 {
 				return dst, i, flags, s.errAt(i, reasonInvalidUTF)
@@ -866,35 +930,33 @@ func (s *state) str(dst []byte, i int) ([]byte, int, uint8, *Error) {
 				flags |= flagHigh
 			}
 			i += size
+			continue
+		}
+		if c == '"' {
+			return append(dst, src[run:i+1]...), i + 1, flags, nil
 		}
 		dst = append(dst, src[run:i]...)
-		if i >= len(src) {
-			return dst, i, flags, s.errAt(quote, "unterminated string")
-		}
-		switch c := src[i]; c {
-		case '"':
-			return append(dst, '"'), i + 1, flags, nil
-		case '\\':
-			flags |= flagEscaped
-			var r rune
-			var err *Error
-			if r, i, err = s.escape(i); err != nil {
-				return dst, i, flags, err
-			}
-			switch {
-			case r < ' ' || r == '"' || r == '\\':
-				dst = appendEscaped(dst, byte(r))
-			case r < utf8.RuneSelf:
-				dst = append(dst, byte(r))
-			default:
-				flags |= flagNonASCII
-				if r >= 0xE000 {
-					flags |= flagHigh
-				}
-				dst = utf8.AppendRune(dst, r)
-			}
-		default:
+		if c != '\\' {
 			return dst, i, flags, s.errAt(i, "invalid control character in string")
+		}
+		flags |= flagEscaped
+		var r rune
+		var err *Error
+		if r, i, err = s.escape(i); err != nil {
+			return dst, i, flags, err
+		}
+		run = i
+		switch {
+		case r < ' ' || r == '"' || r == '\\':
+			dst = appendEscaped(dst, byte(r))
+		case r < utf8.RuneSelf:
+			dst = append(dst, byte(r))
+		default:
+			flags |= flagNonASCII
+			if r >= 0xE000 {
+				flags |= flagHigh
+			}
+			dst = utf8.AppendRune(dst, r)
 		}
 	}
 }

@@ -3,6 +3,7 @@ package canon
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -21,10 +22,19 @@ func FuzzAppend(f *testing.F) {
 	}
 	for _, s := range []string{
 		`{"a":1,"A":2}`, `[9007199254740993]`, `1e400`, `"\ud800"`, `{"\u212a":1,"k":2}`,
-		`{"":1,"𐀀":2}`, `[0.1,1e-7,-0,5e-324,1e21]`, `{"a":{"b":{"c":[[[[]]]]}}}`,
+		`{"\uffff":1,"𐀀":2,"":3}`, `[0.1,1e-7,-0,5e-324,1e21]`, `{"a":{"b":{"c":[[[[]]]]}}}`,
+		`{"ſ":1,"s":2,"ǅ":3,"ǆ":4,"Σ":5,"ς":6,"σ":7}`, `[0.000001,0.0000012,123456789012345.6,1.0,100000000000000000000]`,
+		`{"a\u0000":1,"a":2,"a\u001f":3,"a\"":4,"a\\":5,"a\/":6}`,
+		benchEvent,
 	} {
 		f.Add([]byte(s))
 	}
+	var big []byte
+	for i := range 40 {
+		big = fmt.Appendf(big, `,"%c%c":%d`, 'z'-i%26, 0x1F600+i, i)
+	}
+	big[0] = '{'
+	f.Add(append(big, '}'))
 	f.Fuzz(func(t *testing.T, src []byte) {
 		got, err := Append(nil, src)
 		oracle := jsontext.Value(bytes.Clone(src))
