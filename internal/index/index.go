@@ -22,6 +22,7 @@ import (
 	"log/slog"
 	"net/url"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	_ "modernc.org/sqlite" // database/sql driver "sqlite"
@@ -59,8 +60,8 @@ const (
 // (system, type) is also ordered by idx within a type: pagination with "idx > After ORDER BY idx LIMIT n" walks
 // it without sorting.
 //
-// Every secondary index is a B-tree insert per row on the follower's hot path, so there are only four, each for
-// a filter that is both common and selective:
+// Every secondary index is a B-tree insert per row on the follower's hot path (together they roughly halve the
+// follower's throughput), so there are five, each for a filter that is common and can be selective:
 //
 //   - events_id (id): ByID, and "find the event this ref points to". Ids are UUIDv7, so inserts land near the
 //     right edge. Stored as 16-byte BLOBs, not 36-byte text.
@@ -79,7 +80,7 @@ const (
 //     system's range of the table (cheap per row: the rows are small and contiguous).
 const schema = `
 CREATE TABLE IF NOT EXISTS events (
-	system        INTEGER NOT NULL,
+	system        TEXT    NOT NULL,
 	idx           INTEGER NOT NULL,
 	id            BLOB    NOT NULL,
 	type          TEXT    NOT NULL,
@@ -115,6 +116,9 @@ type Index struct {
 	insMany, insOne, getWM, setWM *sql.Stmt // on w
 	recAt                         *sql.Stmt // on r
 	log                           *slog.Logger
+
+	// sinceOptimize counts rows written since the planner statistics were last refreshed.
+	sinceOptimize atomic.Int64
 }
 
 // Open opens (creating) the index database at path (one file for all systems).
@@ -183,6 +187,8 @@ func (x *Index) init() error {
 		s, err = x.w.Prepare(q)
 		return s
 	}
+	// Refresh the planner's statistics where they are stale (cheap: analysis_limit samples each index).
+	x.optimize()
 	x.insMany = prep(insertSQL(insertRows))
 	x.insOne = prep(insertSQL(1))
 	x.getWM = prep(`SELECT size FROM watermarks WHERE system = ?`)
@@ -191,6 +197,18 @@ func (x *Index) init() error {
 		return fmt.Errorf("open index: prepare: %w", err)
 	}
 	return nil
+}
+
+// optimizeEvery is how many indexed rows trigger a refresh of the planner's statistics.
+const optimizeEvery = 1 << 20
+
+// optimize refreshes the planner's statistics of tables that changed a lot since they were last gathered. Only
+// the fallback plans (see plan) depend on them; a failure is harmless and only logged.
+func (x *Index) optimize() {
+	x.sinceOptimize.Store(0)
+	if _, err := x.w.Exec(`PRAGMA analysis_limit = 400; PRAGMA optimize = 0x10002`); err != nil {
+		x.log.Warn("index: refresh planner statistics", "err", err)
+	}
 }
 
 func insertSQL(rows int) string {
@@ -215,10 +233,6 @@ func (x *Index) Close() error {
 	}
 	if x.r != nil {
 		errs = append(errs, x.r.Close())
-	}
-	// Let SQLite refresh its planner statistics where they went stale.
-	if _, err := x.w.Exec(`PRAGMA optimize`); err != nil {
-		errs = append(errs, err)
 	}
 	errs = append(errs, x.w.Close())
 	return errors.Join(errs...)
@@ -317,12 +331,16 @@ func (x *Index) CatchUp(ctx context.Context, system string, lg store.Log) error 
 }
 
 func (x *Index) catchUp(ctx context.Context, system string, lg store.Log, end uint64) (moved bool, err error) {
-	start, err := scanWatermark(x.getWM.QueryRowContext(ctx, system))
+	// Read on the reader pool, so as not to queue behind another system's chunk; write checks it again.
+	start, err := scanWatermark(x.r.QueryRowContext(ctx, `SELECT size FROM watermarks WHERE system = ?`, system))
 	if err != nil {
 		return false, err
 	}
 	if start > end {
-		return false, fmt.Errorf("%w: system %s: index holds %d entries, the log %d", ErrAhead, system, start, end)
+		if n := lg.Size(); start <= n {
+			return false, nil // a concurrent follower already went further than asked
+		}
+		return false, fmt.Errorf("%w: system %s: index holds %d entries, the log %d", ErrAhead, system, start, lg.Size())
 	}
 	if start == end {
 		return false, nil
@@ -446,7 +464,7 @@ func appendArgs(args []any, system string, r *row) []any {
 	if r.hasTime {
 		t = r.time
 	}
-	return append(args, int64(len(system)), int64(r.idx), r.id[:], r.typ, t, r.recorded,
+	return append(args, system, int64(r.idx), r.id[:], r.typ, t, r.recorded,
 		nullable(r.modelName), nullable(r.modelVersion), nullable(r.deployment), nullable(r.actor))
 }
 
@@ -487,6 +505,9 @@ func (x *Index) write(ctx context.Context, system string, start uint64, rows []r
 	}
 	if err := tx.Commit(); err != nil {
 		return false, fmt.Errorf("index: commit: %w", err)
+	}
+	if x.sinceOptimize.Add(int64(len(rows))) >= optimizeEvery {
+		x.optimize()
 	}
 	return false, nil
 }
