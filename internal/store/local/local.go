@@ -4,6 +4,11 @@
 //
 // Recovery truncates only a torn tail after the last durable frame; damage before it is reported as
 // store.ErrCorrupt and never repaired silently.
+//
+// Every file goes through an FS (the real one by default), so crash tests can run the store on a file system
+// that forgets what was never made durable. Durability is ordered so that the segments come first: a batch is
+// acknowledged after its frame's fsync; projections and the watermark in state follow behind, and every file
+// or directory the store creates is made durable by syncing its parent before anything depends on it.
 package local
 
 import (
@@ -27,7 +32,6 @@ import (
 
 	"golang.org/x/mod/sumdb/tlog"
 
-	"github.com/cairn-ai/cairn/internal/atomicfile"
 	"github.com/cairn-ai/cairn/internal/store"
 )
 
@@ -40,8 +44,14 @@ type Options struct {
 	// HistoryInterval keeps at most one checkpoint per interval in the history (default 1 s); the latest
 	// checkpoint is always kept.
 	HistoryInterval time.Duration
-	// NoSync skips fsync (tests of the crash file layer and benchmarks of the CPU path only: unsafe).
+	// NoSync skips fsync (benchmarks of the CPU path only: unsafe).
 	NoSync bool
+	// ReadOnly opens the store for verification: it never changes the segments, the checkpoints or the
+	// watermark, so a torn tail is left in place and ignored instead of cut; Create, Append and SetCheckpoint
+	// fail. The projections (derived data) may still be rebuilt.
+	ReadOnly bool
+	// FS is the file system to keep the store in (default: OS, the real one).
+	FS     FS
 	Logger *slog.Logger
 }
 
@@ -58,11 +68,15 @@ func (o *Options) fill() {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
+	if o.FS == nil {
+		o.FS = OS
+	}
 }
 
 // Store is a directory of logs.
 type Store struct {
 	dir  string
+	fs   FS
 	opts Options
 	mu   sync.Mutex
 	open map[string]*Log
@@ -73,14 +87,18 @@ var nameRE = regexp.MustCompile(`^[a-z0-9_][a-z0-9_-]{0,63}$`)
 // Open opens (creating if needed) a store in dir.
 func Open(dir string, opts Options) (*Store, error) {
 	opts.fill()
-	if err := os.MkdirAll(filepath.Join(dir, "logs"), 0o700); err != nil {
+	if opts.ReadOnly {
+		if _, err := opts.FS.Stat(filepath.Join(dir, "logs")); err != nil {
+			return nil, fmt.Errorf("open store: %w", err)
+		}
+	} else if err := mkdirAllDurable(opts.FS, filepath.Join(dir, "logs")); err != nil {
 		return nil, fmt.Errorf("open store: %w", err)
 	}
-	return &Store{dir: dir, opts: opts, open: map[string]*Log{}}, nil
+	return &Store{dir: dir, fs: opts.FS, opts: opts, open: map[string]*Log{}}, nil
 }
 
 func (s *Store) Logs(ctx context.Context) ([]string, error) {
-	ents, err := os.ReadDir(filepath.Join(s.dir, "logs"))
+	ents, err := s.fs.ReadDir(filepath.Join(s.dir, "logs"))
 	if err != nil {
 		return nil, err
 	}
@@ -93,23 +111,51 @@ func (s *Store) Logs(ctx context.Context) ([]string, error) {
 	return out, nil
 }
 
+// Create builds the log's directory under a temporary name and renames it into place, so that a crash leaves
+// either no log or a complete empty one, never a log directory without its segments.
 func (s *Store) Create(ctx context.Context, name string) (store.Log, error) {
 	if !nameRE.MatchString(name) {
 		return nil, fmt.Errorf("log name %q: want a lowercase slug", name)
 	}
-	dir := filepath.Join(s.dir, "logs", name)
-	if err := os.Mkdir(dir, 0o700); errors.Is(err, fs.ErrExist) {
-		return nil, store.ErrExists
-	} else if err != nil {
-		return nil, err
-	}
-	if err := os.Mkdir(filepath.Join(dir, "segments"), 0o700); err != nil {
-		return nil, err
-	}
-	if err := atomicfile.SyncDir(filepath.Join(s.dir, "logs")); err != nil {
+	if err := s.create(name); err != nil {
 		return nil, err
 	}
 	return s.Open(ctx, name)
+}
+
+// errReadOnly: a change to a store opened with Options.ReadOnly.
+var errReadOnly = errors.New("store opened read-only")
+
+func (s *Store) create(name string) error {
+	if s.opts.ReadOnly {
+		return errReadOnly
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	logs := filepath.Join(s.dir, "logs")
+	dir := filepath.Join(logs, name)
+	if _, err := s.fs.Stat(dir); err == nil {
+		return store.ErrExists
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	tmp := filepath.Join(logs, ".new-"+name) // never a log name: names cannot start with '.'
+	if err := removeAll(s.fs, tmp); err != nil {
+		return fmt.Errorf("remove leftover %s: %w", tmp, err)
+	}
+	if err := s.fs.Mkdir(tmp, 0o700); err != nil {
+		return err
+	}
+	if err := s.fs.Mkdir(filepath.Join(tmp, "segments"), 0o700); err != nil {
+		return err
+	}
+	if err := s.fs.SyncDir(tmp); err != nil {
+		return err
+	}
+	if err := s.fs.Rename(tmp, dir); err != nil {
+		return err
+	}
+	return s.fs.SyncDir(logs)
 }
 
 func (s *Store) Open(ctx context.Context, name string) (store.Log, error) {
@@ -122,7 +168,7 @@ func (s *Store) Open(ctx context.Context, name string) (store.Log, error) {
 		return nil, store.ErrNotFound
 	}
 	dir := filepath.Join(s.dir, "logs", name)
-	if _, err := os.Stat(filepath.Join(dir, "segments")); err != nil {
+	if _, err := s.fs.Stat(filepath.Join(dir, "segments")); err != nil {
 		return nil, store.ErrNotFound
 	}
 	l, err := openLog(dir, name, s.opts)
@@ -148,30 +194,36 @@ func (s *Store) Close() error {
 type Log struct {
 	dir  string
 	name string
+	fs   FS
 	opts Options
 
 	appendMu sync.Mutex // one appender
 	failed   error      // set when a write or fsync failed: the log takes no more appends until reopened
 	buf      []byte
+	pbuf     []byte // projection bytes of one batch
 
 	segMu sync.RWMutex
-	segs  []*os.File // segment files by number
-	tail  int64      // end of the last segment's durable data
+	segs  []File // segment files by number
+	tail  int64  // end of the last segment's durable data
 
-	hashes  *mapped // stored hashes, 32 bytes each
-	locator *mapped // per index: segment number << 40 | offset of the record
+	hashes  Mapped // stored hashes, 32 bytes each
+	locator Mapped // per index: segment number << 40 | offset of the record
 
 	size      atomic.Uint64
 	nhash     atomic.Int64
+	floor     uint64 // entries known durable at open (signed checkpoints, the watermark): recovery never cuts below
 	typeMu    sync.Mutex
 	lastOfTyp map[string]uint64
 
 	flushMu  sync.Mutex
+	flushed  state // the watermark last written
 	stop     chan struct{}
 	stopped  chan struct{}
 	cpMu     sync.Mutex
 	lastHist time.Time
-	hist     *os.File
+	hist     File
+	histTorn bool // read-only: the history's last record is torn; histEnd is where it starts
+	histEnd  int64
 }
 
 // state is the durable watermark of the projections.
@@ -183,23 +235,95 @@ type state struct {
 }
 
 func openLog(dir, name string, opts Options) (*Log, error) {
-	l := &Log{dir: dir, name: name, opts: opts, lastOfTyp: map[string]uint64{}, stop: make(chan struct{}), stopped: make(chan struct{})}
-	var err error
-	if l.hashes, err = openMapped(filepath.Join(dir, "hashes"), 32<<20); err != nil {
-		return nil, err
+	l := &Log{dir: dir, name: name, fs: opts.FS, opts: opts, lastOfTyp: map[string]uint64{}, stop: make(chan struct{}), stopped: make(chan struct{})}
+	err := l.openFiles()
+	if err == nil {
+		err = l.recover()
 	}
-	if l.locator, err = openMapped(filepath.Join(dir, "locator"), 8<<20); err != nil {
-		return nil, err
-	}
-	if l.hist, err = os.OpenFile(filepath.Join(dir, "checkpoints"), os.O_RDWR|os.O_CREATE|os.O_APPEND, 0o600); err != nil {
-		return nil, err
-	}
-	if err := l.recover(); err != nil {
+	if err != nil {
 		l.closeFiles()
 		return nil, err
 	}
-	go l.flusher()
+	if opts.ReadOnly {
+		close(l.stopped)
+	} else {
+		go l.flusher()
+	}
 	return l, nil
+}
+
+// openFiles opens the projections and the checkpoint history, creating them durably on first use.
+func (l *Log) openFiles() error {
+	var err error
+	if l.hashes, err = l.fs.OpenMapped(filepath.Join(l.dir, "hashes"), 32<<20); err != nil {
+		return err
+	}
+	if l.locator, err = l.fs.OpenMapped(filepath.Join(l.dir, "locator"), 8<<20); err != nil {
+		return err
+	}
+	if l.opts.ReadOnly {
+		return l.recoverHistory()
+	}
+	if l.hist, err = l.fs.OpenFile(filepath.Join(l.dir, "checkpoints"), os.O_RDWR|os.O_CREATE|os.O_APPEND, 0o600); err != nil {
+		return err
+	}
+	if err := l.recoverHistory(); err != nil {
+		return err
+	}
+	// The files may be new: make their names durable before anything is synced into them.
+	return l.fs.SyncDir(l.dir)
+}
+
+// recoverHistory truncates a torn last record of the checkpoint history: one the file ends inside of, as a crash
+// during SetCheckpoint's append leaves it. A complete record that fails its checksum is damage, not a torn
+// write: it is left for Checkpoints to report, never repaired.
+func (l *Log) recoverHistory() error {
+	b, err := readFile(l.fs, filepath.Join(l.dir, "checkpoints"))
+	if errors.Is(err, fs.ErrNotExist) && l.opts.ReadOnly {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	off := 0
+	for off < len(b) {
+		k, ok := histRecord(b[off:])
+		if !ok {
+			break
+		}
+		l.floor = max(l.floor, binary.BigEndian.Uint64(b[off+4:]))
+		off += k
+	}
+	rest := b[off:]
+	const maxNote = 1 << 16
+	torn := len(rest) > 0 && (len(rest) < 4 || (binary.BigEndian.Uint32(rest) <= maxNote && 16+int(binary.BigEndian.Uint32(rest)) > len(rest)))
+	if !torn {
+		return nil
+	}
+	if l.opts.ReadOnly {
+		l.histTorn, l.histEnd = true, int64(off)
+		return nil
+	}
+	l.opts.Logger.Warn("truncating torn checkpoint history tail", "log", l.name, "offset", off, "bytes", len(rest))
+	if err := l.hist.Truncate(int64(off)); err != nil {
+		return err
+	}
+	return l.hist.Sync()
+}
+
+// histRecord reports whether b starts with a whole, undamaged checkpoint history record, and its length.
+func histRecord(b []byte) (int, bool) {
+	if len(b) < 16 {
+		return 0, false
+	}
+	k := int(binary.BigEndian.Uint32(b))
+	if k > len(b)-16 {
+		return 0, false
+	}
+	if crc32.Checksum(b[:12+k], castagnoli) != binary.BigEndian.Uint32(b[12+k:]) {
+		return 0, false
+	}
+	return 16 + k, true
 }
 
 func segName(n int) string { return fmt.Sprintf("%08d.seg", n) }
@@ -207,17 +331,23 @@ func segName(n int) string { return fmt.Sprintf("%08d.seg", n) }
 // recover opens the segments and replays every frame after the projections' durable watermark.
 func (l *Log) recover() error {
 	var st state
-	if b, err := os.ReadFile(filepath.Join(l.dir, "state")); err == nil {
+	if b, err := readFile(l.fs, filepath.Join(l.dir, "state")); err == nil {
 		if err := json.Unmarshal(b, &st); err != nil {
 			return fmt.Errorf("%w: state file unreadable", store.ErrCorrupt)
 		}
 	} else if !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}
+	l.flushed = st
+	cpSize, _, err := l.readCheckpoint()
+	if err != nil {
+		return err
+	}
+	l.floor = max(l.floor, cpSize, st.Size)
 	if st.LastOfType != nil {
 		l.lastOfTyp = st.LastOfType
 	}
-	ents, err := os.ReadDir(filepath.Join(l.dir, "segments"))
+	ents, err := l.fs.ReadDir(filepath.Join(l.dir, "segments"))
 	if err != nil {
 		return err
 	}
@@ -225,13 +355,23 @@ func (l *Log) recover() error {
 		if e.Name() != segName(i) {
 			return fmt.Errorf("%w: segment %s out of sequence", store.ErrCorrupt, e.Name())
 		}
-		f, err := os.OpenFile(filepath.Join(l.dir, "segments", e.Name()), os.O_RDWR, 0)
+		flag := os.O_RDWR
+		if l.opts.ReadOnly {
+			flag = os.O_RDONLY
+		}
+		f, err := l.fs.OpenFile(filepath.Join(l.dir, "segments", e.Name()), flag, 0)
 		if err != nil {
 			return err
 		}
 		l.segs = append(l.segs, f)
 	}
 	if len(l.segs) == 0 {
+		if l.opts.ReadOnly {
+			if l.floor > 0 {
+				return fmt.Errorf("%w: no segments, but %d entries were durable", store.ErrCorrupt, l.floor)
+			}
+			return nil
+		}
 		if err := l.newSegment(); err != nil {
 			return err
 		}
@@ -260,6 +400,9 @@ func (l *Log) recover() error {
 			l.tail = end
 		}
 	}
+	if n < l.floor {
+		return fmt.Errorf("%w: the segments hold %d entries but %d were durable (covered by a signed checkpoint or the projections' watermark)", store.ErrCorrupt, n, l.floor)
+	}
 	return nil
 }
 
@@ -281,6 +424,15 @@ func (l *Log) replaySegment(seg int, off int64, n *uint64, last bool) (int64, er
 		bad := func(reason string) (int64, error) {
 			if !last || l.validFrameAfter(f, off+1, size) {
 				return 0, fmt.Errorf("%w: segment %d offset %d: %s, with data after it", store.ErrCorrupt, seg, off, reason)
+			}
+			if *n < l.floor {
+				// A torn write can only follow every acknowledged batch; this frame holds entries a signed
+				// checkpoint covered, so it was acknowledged and is damaged, not torn.
+				return 0, fmt.Errorf("%w: segment %d offset %d: %s, in entries from %d that a signed checkpoint of size %d covers", store.ErrCorrupt, seg, off, reason, *n, l.floor)
+			}
+			if l.opts.ReadOnly {
+				l.opts.Logger.Warn("ignoring torn tail", "log", l.name, "segment", seg, "offset", off, "bytes", size-off, "reason", reason)
+				return off, nil
 			}
 			l.opts.Logger.Warn("truncating torn tail", "log", l.name, "segment", seg, "offset", off, "bytes", size-off, "reason", reason)
 			if err := f.Truncate(off); err != nil {
@@ -334,7 +486,7 @@ func (l *Log) replaySegment(seg int, off int64, n *uint64, last bool) (int64, er
 }
 
 // validFrameAfter reports whether any valid frame header exists in f in [from, size).
-func (l *Log) validFrameAfter(f *os.File, from, size int64) bool {
+func (l *Log) validFrameAfter(f File, from, size int64) bool {
 	const window = 1 << 20
 	buf := make([]byte, window+headerSize)
 	for off := from; off < size; off += window {
@@ -386,10 +538,10 @@ func (l *Log) storedHashes(n uint64, entries []store.Entry) ([]tlog.Hash, error)
 }
 
 func (l *Log) ensureProjections(size uint64) error {
-	if err := l.hashes.ensure(tlog.StoredHashCount(int64(size)) * 32); err != nil {
+	if err := l.hashes.Grow(tlog.StoredHashCount(int64(size)) * 32); err != nil {
 		return err
 	}
-	return l.locator.ensure(int64(size) * 8)
+	return l.locator.Grow(int64(size) * 8)
 }
 
 // project writes hashes and locators for a durable batch and publishes it to readers.
@@ -399,11 +551,22 @@ func (l *Log) project(start uint64, entries []store.Entry, hashes []tlog.Hash, l
 		return err
 	}
 	hb := tlog.StoredHashCount(int64(start))
-	for i, h := range hashes {
-		copy(l.hashes.at((hb+int64(i))*32, 32), h[:])
+	l.pbuf = l.pbuf[:0]
+	for _, h := range hashes {
+		l.pbuf = append(l.pbuf, h[:]...)
 	}
-	for i, loc := range locs {
-		binary.BigEndian.PutUint64(l.locator.at(int64(start+uint64(i))*8, 8), loc)
+	if _, err := l.hashes.WriteAt(l.pbuf, hb*32); err != nil {
+		return fmt.Errorf("project hashes: %w", err)
+	}
+	l.pbuf = l.pbuf[:0]
+	for _, loc := range locs {
+		l.pbuf = binary.BigEndian.AppendUint64(l.pbuf, loc)
+	}
+	if _, err := l.locator.WriteAt(l.pbuf, int64(start)*8); err != nil {
+		return fmt.Errorf("project locators: %w", err)
+	}
+	if cap(l.pbuf) > 1<<20 {
+		l.pbuf = nil
 	}
 	l.typeMu.Lock()
 	for i := range entries {
@@ -417,11 +580,11 @@ func (l *Log) project(start uint64, entries []store.Entry, hashes []tlog.Hash, l
 
 func (l *Log) newSegment() error {
 	p := filepath.Join(l.dir, "segments", segName(len(l.segs)))
-	f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	f, err := l.fs.OpenFile(p, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return err
 	}
-	if err := atomicfile.SyncDir(filepath.Dir(p)); err != nil {
+	if err := l.fs.SyncDir(filepath.Dir(p)); err != nil {
 		f.Close()
 		return err
 	}
@@ -435,6 +598,9 @@ func (l *Log) newSegment() error {
 func (l *Log) Size() uint64 { return l.size.Load() }
 
 func (l *Log) Append(ctx context.Context, b *store.Batch) error {
+	if l.opts.ReadOnly {
+		return errReadOnly
+	}
 	l.appendMu.Lock()
 	defer l.appendMu.Unlock()
 	if l.failed != nil {
@@ -451,6 +617,7 @@ func (l *Log) Append(ctx context.Context, b *store.Batch) error {
 	}
 	if l.tail >= l.opts.SegmentBytes {
 		if err := l.newSegment(); err != nil {
+			l.failed = err
 			return err
 		}
 	}
@@ -462,7 +629,7 @@ func (l *Log) Append(ctx context.Context, b *store.Batch) error {
 		return fmt.Errorf("write segment %d: %w", seg, err)
 	}
 	if !l.opts.NoSync {
-		if err := fdatasync(f); err != nil {
+		if err := f.Sync(); err != nil {
 			// After a failed fsync the page cache state is unknown: refuse further appends until recovery.
 			l.failed = err
 			return fmt.Errorf("sync segment %d: %w", seg, err)
@@ -478,7 +645,12 @@ func (l *Log) Append(ctx context.Context, b *store.Batch) error {
 	if len(l.buf) > 4<<20 {
 		l.buf = nil
 	}
-	return l.project(b.Start, b.Entries, b.Hashes, locs)
+	if err := l.project(b.Start, b.Entries, b.Hashes, locs); err != nil {
+		// The batch is durable but the projections are not in step with it: recovery will replay it.
+		l.failed = err
+		return err
+	}
+	return nil
 }
 
 func (l *Log) ReadHashes(indexes []int64) ([]tlog.Hash, error) {
@@ -488,17 +660,23 @@ func (l *Log) ReadHashes(indexes []int64) ([]tlog.Hash, error) {
 		if x < 0 || x >= n {
 			return nil, fmt.Errorf("stored hash %d not in log of %d stored hashes", x, n)
 		}
-		copy(out[i][:], l.hashes.at(x*32, 32))
+		if _, err := l.hashes.ReadAt(out[i][:], x*32); err != nil {
+			return nil, fmt.Errorf("read stored hash %d: %w", x, err)
+		}
 	}
 	return out, nil
 }
 
-func (l *Log) loc(index uint64) (int, int64) {
-	v := binary.BigEndian.Uint64(l.locator.at(int64(index)*8, 8))
-	return int(v >> 40), int64(v & (1<<40 - 1))
+func (l *Log) loc(index uint64) (int, int64, error) {
+	var b [8]byte
+	if _, err := l.locator.ReadAt(b[:], int64(index)*8); err != nil {
+		return 0, 0, fmt.Errorf("read locator %d: %w", index, err)
+	}
+	v := binary.BigEndian.Uint64(b[:])
+	return int(v >> 40), int64(v & (1<<40 - 1)), nil
 }
 
-func (l *Log) seg(n int) (*os.File, error) {
+func (l *Log) seg(n int) (File, error) {
 	l.segMu.RLock()
 	defer l.segMu.RUnlock()
 	if n >= len(l.segs) {
@@ -511,7 +689,10 @@ func (l *Log) Entry(ctx context.Context, index uint64) (*store.Entry, error) {
 	if index >= l.size.Load() {
 		return nil, store.ErrNotFound
 	}
-	segn, off := l.loc(index)
+	segn, off, err := l.loc(index)
+	if err != nil {
+		return nil, err
+	}
 	f, err := l.seg(segn)
 	if err != nil {
 		return nil, err
@@ -616,29 +797,37 @@ func (l *Log) flush() error {
 	}
 	l.typeMu.Unlock()
 	l.appendMu.Unlock()
-	var old state
-	if b, err := os.ReadFile(filepath.Join(l.dir, "state")); err == nil {
-		json.Unmarshal(b, &old)
-	}
-	if old.Size == st.Size && old.Segment == st.Segment {
+	if l.flushed.Size == st.Size && l.flushed.Segment == st.Segment {
 		return nil
 	}
+	// Projections first, then the watermark that vouches for them.
 	if !l.opts.NoSync {
-		if err := l.hashes.sync(); err != nil {
+		if err := l.hashes.Sync(); err != nil {
 			return err
 		}
-		if err := l.locator.sync(); err != nil {
+		if err := l.locator.Sync(); err != nil {
 			return err
 		}
 	}
 	b, _ := json.Marshal(st)
-	return atomicfile.Write(filepath.Join(l.dir, "state"), b, 0o600)
+	if err := writeFileAtomic(l.fs, filepath.Join(l.dir, "state"), b, 0o600); err != nil {
+		return err
+	}
+	l.flushed = st
+	return nil
 }
 
 func (l *Log) SetCheckpoint(ctx context.Context, n uint64, note []byte) error {
+	if l.opts.ReadOnly {
+		return errReadOnly
+	}
 	l.cpMu.Lock()
 	defer l.cpMu.Unlock()
-	if err := atomicfile.Write(filepath.Join(l.dir, "checkpoint"), note, 0o644); err != nil {
+	cp := make([]byte, 0, len(cpMagic)+8+len(note))
+	cp = append(cp, cpMagic...)
+	cp = binary.BigEndian.AppendUint64(cp, n)
+	cp = append(cp, note...)
+	if err := writeFileAtomic(l.fs, filepath.Join(l.dir, "checkpoint"), cp, 0o644); err != nil {
 		return fmt.Errorf("write checkpoint: %w", err)
 	}
 	if time.Since(l.lastHist) < l.opts.HistoryInterval {
@@ -652,7 +841,7 @@ func (l *Log) SetCheckpoint(ctx context.Context, n uint64, note []byte) error {
 		return fmt.Errorf("append checkpoint history: %w", err)
 	}
 	if !l.opts.NoSync {
-		if err := fdatasync(l.hist); err != nil {
+		if err := l.hist.Sync(); err != nil {
 			return fmt.Errorf("sync checkpoint history: %w", err)
 		}
 	}
@@ -661,34 +850,52 @@ func (l *Log) SetCheckpoint(ctx context.Context, n uint64, note []byte) error {
 }
 
 func (l *Log) Checkpoint(ctx context.Context) ([]byte, error) {
-	b, err := os.ReadFile(filepath.Join(l.dir, "checkpoint"))
+	_, note, err := l.readCheckpoint()
+	return note, err
+}
+
+// The latest checkpoint file is cpMagic, the tree size (u64) and the signed note, so that recovery knows how
+// far the log must reach without parsing notes. A file without the magic is a bare note of unknown size.
+const cpMagic = "\x00cp1"
+
+// readCheckpoint returns the latest checkpoint's tree size (0 if unknown) and note (nil if none).
+func (l *Log) readCheckpoint() (uint64, []byte, error) {
+	b, err := readFile(l.fs, filepath.Join(l.dir, "checkpoint"))
 	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
+		return 0, nil, nil
 	}
-	return b, err
+	if err != nil {
+		return 0, nil, err
+	}
+	if rest, ok := bytes.CutPrefix(b, []byte(cpMagic)); ok {
+		if len(rest) < 8 {
+			return 0, nil, fmt.Errorf("%w: checkpoint file truncated", store.ErrCorrupt)
+		}
+		return binary.BigEndian.Uint64(rest), rest[8:], nil
+	}
+	return 0, b, nil
 }
 
 func (l *Log) Checkpoints(ctx context.Context, fn func(n uint64, note []byte) error) error {
-	b, err := os.ReadFile(filepath.Join(l.dir, "checkpoints"))
+	b, err := readFile(l.fs, filepath.Join(l.dir, "checkpoints"))
+	if errors.Is(err, fs.ErrNotExist) && l.opts.ReadOnly {
+		return nil
+	}
 	if err != nil {
 		return err
 	}
+	if l.histTorn && int64(len(b)) > l.histEnd {
+		b = b[:l.histEnd] // read-only: the torn record a writable open would cut
+	}
 	for len(b) > 0 {
-		if len(b) < 16 {
-			return fmt.Errorf("%w: checkpoint history truncated", store.ErrCorrupt)
-		}
-		k := int(binary.BigEndian.Uint32(b))
-		if len(b) < 16+k {
-			return fmt.Errorf("%w: checkpoint history truncated", store.ErrCorrupt)
-		}
-		rec := b[:12+k]
-		if crc32.Checksum(rec, castagnoli) != binary.BigEndian.Uint32(b[12+k:]) {
+		k, ok := histRecord(b)
+		if !ok {
 			return fmt.Errorf("%w: checkpoint history record damaged", store.ErrCorrupt)
 		}
-		if err := fn(binary.BigEndian.Uint64(b[4:]), rec[12:]); err != nil {
+		if err := fn(binary.BigEndian.Uint64(b[4:]), b[12:k-4]); err != nil {
 			return err
 		}
-		b = b[16+k:]
+		b = b[k:]
 	}
 	return nil
 }
@@ -696,7 +903,10 @@ func (l *Log) Checkpoints(ctx context.Context, fn func(n uint64, note []byte) er
 func (l *Log) close() error {
 	close(l.stop)
 	<-l.stopped
-	err := l.flush()
+	var err error
+	if !l.opts.ReadOnly {
+		err = l.flush()
+	}
 	return errors.Join(err, l.closeFiles())
 }
 
@@ -708,10 +918,10 @@ func (l *Log) closeFiles() error {
 		errs = append(errs, f.Close())
 	}
 	if l.hashes != nil {
-		errs = append(errs, l.hashes.close())
+		errs = append(errs, l.hashes.Close())
 	}
 	if l.locator != nil {
-		errs = append(errs, l.locator.close())
+		errs = append(errs, l.locator.Close())
 	}
 	if l.hist != nil {
 		errs = append(errs, l.hist.Close())
