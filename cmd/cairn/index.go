@@ -9,39 +9,18 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cairn-ai/cairn/internal/api"
 	"github.com/cairn-ai/cairn/internal/index"
 	"github.com/cairn-ai/cairn/internal/ledger"
 	"github.com/cairn-ai/cairn/internal/store/local"
 )
 
-// indexLag adapts the index to the API's metrics.
-type indexLag struct {
-	x *index.Index
-	l *ledger.Ledger
-}
-
-func (a indexLag) Lag(system string) (uint64, error) {
-	lg, err := a.l.Log(system)
-	if err != nil {
-		return 0, err
-	}
-	w, err := a.x.Watermark(system)
-	if err != nil {
-		return 0, err
-	}
-	n, _ := lg.Tree()
-	if w > n {
-		return 0, nil
-	}
-	return n - w, nil
-}
-
 // startIndex opens the query index and follows every log, including logs registered later. The followers run
 // behind ingest and never block it; stop ends them and closes the index.
-func startIndex(ctx context.Context, p paths, l *ledger.Ledger, logger *slog.Logger) (indexLag, func(), error) {
+func startIndex(ctx context.Context, p paths, l *ledger.Ledger, logger *slog.Logger) (api.Index, func(), error) {
 	x, err := index.Open(p.index())
 	if err != nil {
-		return indexLag{}, nil, fmt.Errorf("open index: %w", err)
+		return nil, nil, fmt.Errorf("open index: %w", err)
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
@@ -81,7 +60,7 @@ func startIndex(ctx context.Context, p paths, l *ledger.Ledger, logger *slog.Log
 		wg.Wait()
 		x.Close()
 	}
-	return indexLag{x: x, l: l}, stop, nil
+	return api.LedgerIndex(x, l), stop, nil
 }
 
 func cmdReindex(args []string, stdout, stderr io.Writer) error {
@@ -100,7 +79,7 @@ func cmdReindex(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer unlock()
-	st, err := local.Open(p.data, local.Options{})
+	st, err := local.Open(p.data, local.Options{ReadOnly: true})
 	if err != nil {
 		return err
 	}

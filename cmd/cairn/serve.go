@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/cairn-ai/cairn/internal/api"
+	"github.com/cairn-ai/cairn/internal/atomicfile"
 	"github.com/cairn-ai/cairn/internal/ledger"
 	"github.com/cairn-ai/cairn/internal/seal"
 	"github.com/cairn-ai/cairn/internal/store/local"
@@ -72,7 +73,7 @@ func cmdServe(args []string, stdout, stderr io.Writer) error {
 		if err != nil {
 			return err
 		}
-		if err := os.WriteFile(p.adminToken(), []byte(tok+"\n"), 0o600); err != nil {
+		if err := atomicfile.Write(p.adminToken(), []byte(tok+"\n"), 0o600); err != nil {
 			return err
 		}
 		fmt.Fprintf(stdout, "created admin token:      %s\n", p.adminToken())

@@ -93,7 +93,7 @@ func verifyData(data string, full bool, stateFile, pubFile string, jsonOut, decr
 	if err != nil {
 		return err
 	}
-	st, err := local.Open(abs, local.Options{})
+	st, err := local.Open(abs, local.Options{ReadOnly: true})
 	if err != nil {
 		return err
 	}

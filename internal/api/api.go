@@ -7,6 +7,7 @@ package api
 
 import (
 	"bytes"
+	"context"
 	_ "embed"
 	"encoding/base64"
 	"encoding/hex"
@@ -25,8 +26,8 @@ import (
 	"golang.org/x/mod/sumdb/tlog"
 
 	"github.com/cairn-ai/cairn/internal/event"
+	"github.com/cairn-ai/cairn/internal/index"
 	"github.com/cairn-ai/cairn/internal/ledger"
-	"github.com/cairn-ai/cairn/internal/store"
 )
 
 //go:embed openapi.yaml
@@ -57,9 +58,11 @@ type Server struct {
 	bufs      sync.Pool
 }
 
-// Index answers queries; the SQLite follower implements it. It may be nil.
+// Index answers queries; the SQLite follower implements it. It may be nil (queries then answer 503).
 type Index interface {
 	Lag(system string) (uint64, error)
+	Find(ctx context.Context, q index.Query) ([]index.Row, error)
+	ByID(ctx context.Context, system, id string) (uint64, bool, error)
 }
 
 // New builds the API server.
@@ -90,6 +93,7 @@ func New(cfg Config, l *ledger.Ledger, t *Tokens, idx Index) *Server {
 	m.HandleFunc("GET /v1/systems", s.listSystems)
 	m.HandleFunc("GET /v1/systems/{system}", s.getSystem)
 	m.HandleFunc("POST /v1/systems/{system}/events", s.ingest)
+	m.HandleFunc("GET /v1/systems/{system}/events", s.queryEvents)
 	m.HandleFunc("GET /v1/systems/{system}/events/{ref}", s.getEvent)
 	m.HandleFunc("GET /v1/systems/{system}/proofs/inclusion", s.inclusion)
 	m.HandleFunc("GET /v1/systems/{system}/proofs/consistency", s.consistency)
@@ -385,8 +389,24 @@ func (s *Server) getEvent(w http.ResponseWriter, r *http.Request) {
 	}
 	idx, err := strconv.ParseUint(r.PathValue("ref"), 10, 64)
 	if err != nil {
-		badRequest(w, "ref", "an event index")
-		return
+		if _, perr := event.ParseUUID(r.PathValue("ref")); perr != nil {
+			badRequest(w, "ref", "an event index or id")
+			return
+		}
+		if s.index == nil {
+			writeProblem(w, Problem{Status: http.StatusServiceUnavailable, Detail: "lookup by id needs the query index"})
+			return
+		}
+		i, ok, err := s.index.ByID(r.Context(), sys, strings.ToLower(r.PathValue("ref")))
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		if !ok {
+			writeProblem(w, Problem{Status: http.StatusNotFound, Detail: "no event with that id is indexed (the index may lag ingest briefly)"})
+			return
+		}
+		idx = i
 	}
 	e, err := lg.Entry(r.Context(), idx)
 	if err != nil {
@@ -421,6 +441,110 @@ func (s *Server) getEvent(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		out.Payload = pt
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// QueryResponse is a page of query results.
+type QueryResponse struct {
+	Events []QueryRow `json:"events"`
+	// Next is the After value for the next page; absent on the last page.
+	Next *uint64 `json:"next_after,omitempty"`
+	// Indexed is how many entries of the log the index covered when it answered.
+	Indexed uint64 `json:"indexed"`
+}
+
+// QueryRow is one event found by a query: its leaf facts and envelope facts, never its payload.
+type QueryRow struct {
+	Index        uint64 `json:"index"`
+	ID           string `json:"id"`
+	Type         string `json:"type"`
+	Time         string `json:"time,omitempty"`
+	Recorded     string `json:"recorded"`
+	ModelName    string `json:"model_name,omitempty"`
+	ModelVersion string `json:"model_version,omitempty"`
+	Deployment   string `json:"deployment,omitempty"`
+	Actor        string `json:"actor,omitempty"`
+}
+
+func (s *Server) queryEvents(w http.ResponseWriter, r *http.Request) {
+	sys := r.PathValue("system")
+	p := s.authorize(w, r, RoleAuditor, sys)
+	if p == nil {
+		return
+	}
+	lg, ok := s.log(w, r)
+	if !ok {
+		return
+	}
+	if s.index == nil {
+		writeProblem(w, Problem{Status: http.StatusServiceUnavailable, Detail: "the query index is not running"})
+		return
+	}
+	v := r.URL.Query()
+	q := index.Query{System: lg.Name(), ModelName: v.Get("model"), ModelVersion: v.Get("model_version"),
+		Deployment: v.Get("deployment"), Actor: v.Get("actor")}
+	if t := v.Get("type"); t != "" {
+		q.Types = strings.Split(t, ",")
+	}
+	for _, f := range []struct {
+		name string
+		dst  *time.Time
+	}{{"from", &q.From}, {"to", &q.To}, {"recorded_from", &q.RecordedFrom}, {"recorded_to", &q.RecordedTo}} {
+		if s := v.Get(f.name); s != "" {
+			t, err := time.Parse(time.RFC3339Nano, s)
+			if err != nil {
+				badRequest(w, f.name, "an RFC 3339 time")
+				return
+			}
+			*f.dst = t
+		}
+	}
+	if a := v.Get("after"); a != "" {
+		n, err := strconv.ParseUint(a, 10, 64)
+		if err != nil {
+			badRequest(w, "after", "an event index")
+			return
+		}
+		q.After, q.HasAfter = n, true
+	}
+	q.Limit = 100
+	if l := v.Get("limit"); l != "" {
+		n, err := strconv.Atoi(l)
+		if err != nil || n < 1 || n > 10000 {
+			badRequest(w, "limit", "a number from 1 to 10000")
+			return
+		}
+		q.Limit = n
+	}
+	lag, _ := s.index.Lag(sys)
+	rows, err := s.index.Find(r.Context(), q)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	// The query is a read of the log: record it before answering.
+	raw, _ := json.Marshal(map[string]any{"type": "access", "attrs": map[string]any{"action": "query", "scope": r.URL.RawQuery}})
+	if _, err := s.ledger.AppendServer(r.Context(), sys, raw, p.Name); err != nil {
+		writeError(w, err)
+		return
+	}
+	n, _ := lg.Tree()
+	out := QueryResponse{Events: make([]QueryRow, len(rows))}
+	if n > lag {
+		out.Indexed = n - lag
+	}
+	for i, row := range rows {
+		qr := QueryRow{Index: row.Index, ID: row.ID, Type: row.Type, Recorded: row.Recorded.UTC().Format(time.RFC3339Nano),
+			ModelName: row.ModelName, ModelVersion: row.ModelVersion, Deployment: row.Deployment, Actor: row.Actor}
+		if !row.Time.IsZero() {
+			qr.Time = row.Time.UTC().Format(time.RFC3339Nano)
+		}
+		out.Events[i] = qr
+	}
+	if len(rows) == q.Limit {
+		last := rows[len(rows)-1].Index
+		out.Next = &last
 	}
 	writeJSON(w, http.StatusOK, out)
 }
@@ -528,4 +652,26 @@ func (s *Server) metrics(w http.ResponseWriter, r *http.Request) {
 	io.WriteString(w, b.String())
 }
 
-var _ = store.ErrNotFound
+// LedgerIndex serves queries from the SQLite index x and measures its lag against the ledger's logs.
+func LedgerIndex(x *index.Index, l *ledger.Ledger) Index { return ledgerIndex{x, l} }
+
+type ledgerIndex struct {
+	*index.Index
+	l *ledger.Ledger
+}
+
+func (a ledgerIndex) Lag(system string) (uint64, error) {
+	lg, err := a.l.Log(system)
+	if err != nil {
+		return 0, err
+	}
+	w, err := a.Watermark(system)
+	if err != nil {
+		return 0, err
+	}
+	n, _ := lg.Tree()
+	if w > n {
+		return 0, nil
+	}
+	return n - w, nil
+}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/cairn-ai/cairn/internal/api"
 	"github.com/cairn-ai/cairn/internal/event"
+	"github.com/cairn-ai/cairn/internal/index"
 	"github.com/cairn-ai/cairn/internal/ledger"
 	"github.com/cairn-ai/cairn/internal/seal"
 	"github.com/cairn-ai/cairn/internal/store/local"
@@ -179,4 +180,69 @@ func TestOpenRoutes(t *testing.T) {
 	f.do(t, "GET", "/logs/credit/tile/0/000", "", "", 404)      // the full tile does not exist yet
 	f.do(t, "GET", "/logs/credit/tile/0/0000.p/1", "", "", 404) // malformed
 	f.do(t, "GET", "/logs/nope/checkpoint", "", "", 404)
+}
+
+func TestQuery(t *testing.T) {
+	dir := t.TempDir()
+	k := make([]byte, 32)
+	rand.Read(k)
+	kek, _ := seal.NewKEK(k)
+	keys, _ := seal.OpenKeyring(filepath.Join(dir, "keys"), kek)
+	_, sk, _ := ed25519.GenerateKey(rand.Reader)
+	st, _ := local.Open(dir, local.Options{})
+	l, err := ledger.Open(context.Background(), ledger.Config{Origin: "test.example"}, st, keys, sk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	x, err := index.Open(filepath.Join(dir, "index.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tokens, _ := api.LoadTokens(filepath.Join(dir, "tokens.json"))
+	tok, _ := tokens.Create(api.Principal{Name: "root", Roles: []string{api.RoleAdmin}})
+	f := &fixture{admin: tok}
+	f.srv = httptest.NewServer(api.New(api.Config{}, l, tokens, api.LedgerIndex(x, l)))
+	t.Cleanup(f.srv.Close)
+	f.do(t, "POST", "/v1/systems", tok, `{"id":"credit","name":"Credit","intended_purpose":"scoring","provider":"Acme"}`, 201)
+	lg, _ := l.Log("credit")
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { x.Follow(ctx, "credit", lg.Store(), lg.Committed()); close(done) }()
+	t.Cleanup(func() { cancel(); <-done; x.Close() })
+
+	id := event.NewV7(time.Now()).String()
+	body := `{"id":"` + id + `","type":"inference","model":{"name":"m","version":"2"},"deployment":"prod","payload":{"output":1}}` + "\n"
+	for i := 0; i < 5; i++ {
+		body += `{"type":"inference","model":{"name":"m","version":"1"},"deployment":"prod","payload":{"output":1}}` + "\n"
+	}
+	f.do(t, "POST", "/v1/systems/credit/events", tok, body, 200)
+	var out map[string]any
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		out = f.do(t, "GET", "/v1/systems/credit/events?type=inference&model_version=1", tok, "", 200)
+		if len(out["events"].([]any)) == 5 {
+			break
+		}
+	}
+	if got := len(out["events"].([]any)); got != 5 {
+		t.Fatalf("query found %d events, want 5: %v", got, out)
+	}
+	page := f.do(t, "GET", "/v1/systems/credit/events?type=inference&limit=2", tok, "", 200)
+	if len(page["events"].([]any)) != 2 || page["next_after"] == nil {
+		t.Errorf("first page = %v", page)
+	}
+	byID := f.do(t, "GET", "/v1/systems/credit/events/"+id, tok, "", 200)
+	if byID["index"].(float64) != 1 {
+		t.Errorf("lookup by id = %v", byID["index"])
+	}
+	f.do(t, "GET", "/v1/systems/credit/events?from=yesterday", tok, "", 400)
+	// Every query was recorded as an access event.
+	n := 0
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline) && n < 3; time.Sleep(20 * time.Millisecond) {
+		acc := f.do(t, "GET", "/v1/systems/credit/events?type=access", tok, "", 200)
+		n = len(acc["events"].([]any))
+	}
+	if n < 3 {
+		t.Errorf("%d access events recorded for the queries", n)
+	}
 }

@@ -86,6 +86,8 @@ type Log struct {
 	cpDone     chan struct{}
 	published  atomic.Pointer[publishedCheckpoint]
 
+	broken atomic.Pointer[error] // set when the log can no longer append safely
+
 	defMu sync.Mutex // serialises registrations
 	def   atomic.Pointer[CurrentDefinition]
 }
@@ -516,6 +518,9 @@ func (lg *Log) appendBatch(ctx context.Context, b *store.Batch) error {
 	if len(b.Entries) == 0 {
 		return nil
 	}
+	if p := lg.broken.Load(); p != nil {
+		return fmt.Errorf("log is stopped after an earlier failure: %w", *p)
+	}
 	base := tlog.StoredHashCount(int64(b.Start))
 	r := tlog.HashReaderFunc(func(idx []int64) ([]tlog.Hash, error) {
 		out := make([]tlog.Hash, len(idx))
@@ -555,10 +560,13 @@ func (lg *Log) appendBatch(ctx context.Context, b *store.Batch) error {
 	if err := lg.store.Append(ctx, b); err != nil {
 		return fmt.Errorf("append: %w", err)
 	}
+	// From here the batch is durable: it must be acknowledged, whatever happens next.
 	n := b.Start + uint64(len(b.Entries))
 	root, err := tlog.TreeHash(int64(n), lg.store)
 	if err != nil {
-		return err
+		lg.broken.Store(&err)
+		lg.l.cfg.Logger.Error("tree hash after a durable append; the log takes no more appends until restarted", "system", lg.name, "err", err)
+		return nil
 	}
 	lg.treeMu.Lock()
 	lg.treeSize, lg.treeRoot = n, root
