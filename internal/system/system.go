@@ -10,6 +10,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"regexp"
 	"strconv"
 
@@ -105,6 +106,10 @@ func YAMLToJSON(b []byte) ([]byte, error) {
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	if err := dec.Decode(&n); err != nil {
 		return nil, fmt.Errorf("yaml: %w", err)
+	}
+	var extra yaml.Node
+	if err := dec.Decode(&extra); err != io.EOF {
+		return nil, errors.New("yaml: want exactly one document")
 	}
 	var out []byte
 	var walk func(n *yaml.Node) error
