@@ -68,14 +68,7 @@ func TestAppendGetVerify(t *testing.T) {
 	if !errors.As(err, &p) || p.Status != 409 {
 		t.Errorf("conflicting retry = %v, want a 409 problem", err)
 	}
-	old, _, err := c.Checkpoint(ctx, "s", vkey)
-	for err == nil && old.Size <= rs[0].Index {
-		time.Sleep(2 * time.Millisecond)
-		old, _, err = c.Checkpoint(ctx, "s", vkey)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
+	old := waitCheckpoint(t, c, vkey, rs[0].Index+1)
 	rec, err := c.Get(ctx, "s", rs[0].Index, false)
 	if err != nil {
 		t.Fatal(err)
@@ -91,11 +84,7 @@ func TestAppendGetVerify(t *testing.T) {
 	for i := 0; i < 300; i++ {
 		c.Append(ctx, "s", []client.Event{{Type: "inference", Model: &client.Model{Name: "m", Version: "1"}, Payload: map[string]any{"output": i}}})
 	}
-	cur, _, _ := c.Checkpoint(ctx, "s", vkey)
-	for cur.Size < old.Size+300 {
-		time.Sleep(2 * time.Millisecond)
-		cur, _, _ = c.Checkpoint(ctx, "s", vkey)
-	}
+	cur := waitCheckpoint(t, c, vkey, old.Size+300)
 	if err := c.Consistency(ctx, "s", old, cur); err != nil {
 		t.Errorf("Consistency: %v", err)
 	}
@@ -114,4 +103,19 @@ func TestAppendGetVerify(t *testing.T) {
 	if err != nil || hs[0] != tlog.RecordHash(leaves[255]) {
 		t.Errorf("leaf 255 does not match the verified tiles: %v", err)
 	}
+}
+
+// waitCheckpoint polls until a verified checkpoint covers size entries.
+func waitCheckpoint(t *testing.T, c *client.Client, vkey string, size uint64) ledger.Checkpoint {
+	t.Helper()
+	var last error
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(2 * time.Millisecond) {
+		cp, _, err := c.Checkpoint(context.Background(), "s", vkey)
+		if err == nil && cp.Size >= size {
+			return cp
+		}
+		last = err
+	}
+	t.Fatalf("no checkpoint of size %d: %v", size, last)
+	return ledger.Checkpoint{}
 }

@@ -12,6 +12,7 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -348,7 +349,8 @@ func (s *Server) ingest(w http.ResponseWriter, r *http.Request) {
 	}
 	rs, err := lg.Append(r.Context(), items)
 	if err != nil {
-		if err != ledger.ErrBusy {
+		var ce *ledger.ConflictError
+		if err != ledger.ErrBusy && !errors.As(err, &ce) {
 			s.cfg.Logger.Warn("append failed", "system", sys, "events", len(items), "err", err)
 		}
 		writeError(w, err)
