@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -79,6 +80,26 @@ func (f *fixture) do(t *testing.T, method, path, token, body string, want int) m
 	return out
 }
 
+// waitCheckpoint polls the open checkpoint route until it covers size entries.
+func (f *fixture) waitCheckpoint(t *testing.T, system string, size int) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(2 * time.Millisecond) {
+		resp, err := http.Get(f.srv.URL + "/logs/" + system + "/checkpoint")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		lines := strings.SplitN(string(b), "\n", 3)
+		if resp.StatusCode == 200 && len(lines) > 1 {
+			if n, err := strconv.Atoi(lines[1]); err == nil && n >= size {
+				return
+			}
+		}
+	}
+	t.Fatalf("no checkpoint of size %d", size)
+}
+
 const good = `{"type":"inference","model":{"name":"m","version":"1"},"payload":{"subject":"Jane Roe","output":1}}`
 
 func TestIngestAndRead(t *testing.T) {
@@ -92,7 +113,7 @@ func TestIngestAndRead(t *testing.T) {
 	if len(out["events"].([]any)) != 2 {
 		t.Fatalf("NDJSON receipts = %v", out)
 	}
-	time.Sleep(50 * time.Millisecond)
+	f.waitCheckpoint(t, "credit", 5)
 	ev := f.do(t, "GET", "/v1/systems/credit/events/1", f.auditor, "", 200)
 	if ev["checkpoint"] == nil || ev["inclusion_proof"] == nil || ev["payload"] != nil {
 		t.Errorf("event read = %v", ev)
@@ -171,7 +192,7 @@ func TestProblems(t *testing.T) {
 
 func TestOpenRoutes(t *testing.T) {
 	f := newFixture(t)
-	time.Sleep(30 * time.Millisecond)
+	f.waitCheckpoint(t, "credit", 1)
 	for _, p := range []string{"/healthz", "/readyz", "/metrics", "/logs/credit/checkpoint", "/logs/credit/vkey", "/logs/credit/tile/0/000.p/1", "/openapi.yaml"} {
 		f.do(t, "GET", p, "", "", 200)
 	}
