@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"crypto/ed25519"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -34,8 +36,19 @@ func cmdServe(args []string, stdout, stderr io.Writer) error {
 	dedup := fs.Duration("dedup-window", 10*time.Minute, "how long client event ids are remembered for idempotency")
 	maxBody := fs.Int64("max-body", 64<<20, "largest request body in bytes")
 	openEntries := fs.Bool("open-entries", false, "serve entry bundles without a token (they reveal ids, types and times)")
+	tlsCert := fs.String("tls-cert", "", "TLS certificate file (PEM)")
+	tlsKey := fs.String("tls-key", "", "TLS private key file (PEM)")
+	clientCA := fs.String("client-ca", "", "require client certificates signed by this CA (PEM): mutual TLS")
+	insecure := fs.Bool("insecure", false, "allow plaintext HTTP on a non-loopback address")
 	if err := fs.Parse(args); err != nil {
 		return errUsage
+	}
+	tlsCfg, err := serverTLS(*tlsCert, *tlsKey, *clientCA)
+	if err != nil {
+		return err
+	}
+	if tlsCfg == nil && !*insecure && !loopback(*listen) {
+		return fmt.Errorf("refusing plaintext HTTP on %s, which is not a loopback address: give --tls-cert and --tls-key, or --insecure", *listen)
 	}
 	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	p := defaultPaths(*data, *signingKey, *kekPath)
@@ -112,13 +125,19 @@ func cmdServe(args []string, stdout, stderr io.Writer) error {
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 	}
+	srv.TLSConfig = tlsCfg
 	ln, err := net.Listen("tcp", *listen)
 	if err != nil {
 		stopIndex()
 		l.Close()
 		return err
 	}
-	fmt.Fprintf(stdout, "cairn serving on http://%s (origin %s, data %s)\n", ln.Addr(), cfg.Origin, p.data)
+	scheme := "http"
+	if tlsCfg != nil {
+		scheme = "https"
+		ln = tls.NewListener(ln, tlsCfg)
+	}
+	fmt.Fprintf(stdout, "cairn serving on %s://%s (origin %s, data %s)\n", scheme, ln.Addr(), cfg.Origin, p.data)
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	select {
@@ -139,4 +158,47 @@ func cmdServe(args []string, stdout, stderr io.Writer) error {
 	}
 	logger.Info("stopped")
 	return nil
+}
+
+// serverTLS builds the TLS configuration from PEM files; nil when TLS is off.
+func serverTLS(certFile, keyFile, clientCA string) (*tls.Config, error) {
+	if certFile == "" && keyFile == "" {
+		if clientCA != "" {
+			return nil, errors.New("--client-ca needs --tls-cert and --tls-key")
+		}
+		return nil, nil
+	}
+	if certFile == "" || keyFile == "" {
+		return nil, errors.New("--tls-cert and --tls-key go together")
+	}
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("load TLS key pair: %w", err)
+	}
+	cfg := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	if clientCA != "" {
+		pem, err := os.ReadFile(clientCA)
+		if err != nil {
+			return nil, err
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("%s holds no PEM certificate", clientCA)
+		}
+		cfg.ClientCAs, cfg.ClientAuth = pool, tls.RequireAndVerifyClientCert
+	}
+	return cfg, nil
+}
+
+// loopback reports whether a listen address binds only the loopback interface.
+func loopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
