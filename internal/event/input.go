@@ -5,11 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math"
 	"strings"
 	"time"
 
-	"github.com/go-json-experiment/json"
 	"github.com/go-json-experiment/json/jsontext"
 
 	"github.com/cairn-ai/cairn/internal/canon"
@@ -32,16 +30,12 @@ type Model struct {
 	Digest  string `json:"digest,omitzero"`
 }
 
-// input is an event exactly as a client sends it; unknown members are rejected.
+// input is an event exactly as a client sends it (the members scanInput accepts; any other is rejected).
 type input struct {
-	ID         string         `json:"id,omitzero"`
-	Type       string         `json:"type"`
-	Time       string         `json:"time,omitzero"`
-	Model      *Model         `json:"model,omitzero"`
-	Deployment string         `json:"deployment,omitzero"`
-	Refs       []string       `json:"refs,omitzero"`
-	Attrs      jsontext.Value `json:"attrs,omitzero"`
-	Payload    jsontext.Value `json:"payload,omitzero"`
+	ID, Type, Time, Deployment string
+	Model                      *Model
+	Refs                       []string
+	Attrs, Payload             []byte // canonical objects
 }
 
 // Event is a validated client event. Its byte slices are canonical JSON (RFC 8785).
@@ -158,7 +152,8 @@ func scrub(err error) string {
 // Server-only types are rejected unless server is true.
 func Parse(i int, raw []byte, now time.Time, lim Limits, server bool) (*Event, error) {
 	fail := func(field, reason string) error { return &Error{Event: i, Field: field, Reason: reason} }
-	c, err := canon.Append(nil, raw)
+	// One strict pass canonicalises (and so validates) the event; the rest walks the canonical bytes.
+	c, err := canon.Append(make([]byte, 0, len(raw)), raw)
 	if err != nil {
 		var ce *canon.Error
 		if errors.As(err, &ce) {
@@ -167,20 +162,10 @@ func Parse(i int, raw []byte, now time.Time, lim Limits, server bool) (*Event, e
 		return nil, fail("", err.Error())
 	}
 	var in input
-	if err := json.Unmarshal(c, &in, json.RejectUnknownMembers(true)); err != nil {
-		var se *json.SemanticError
-		if errors.As(err, &se) {
-			reason := "wrong type"
-			if se.Err != nil {
-				reason = se.Err.Error()
-			}
-			if se.JSONKind != 0 && se.GoType != nil {
-				reason = fmt.Sprintf("got a JSON %s", se.JSONKind)
-			}
-			if strings.Contains(fmt.Sprint(se.Err), "unknown") {
-				reason = "unknown field"
-			}
-			return nil, fail(string(se.JSONPointer), reason)
+	if err := scanInput(c, &in); err != nil {
+		var ke *kindError
+		if errors.As(err, &ke) {
+			return nil, fail(ke.field, ke.reason)
 		}
 		return nil, fail("", "invalid event")
 	}
@@ -245,42 +230,20 @@ func Parse(i int, raw []byte, now time.Time, lim Limits, server bool) (*Event, e
 		return nil, fail("/refs", "missing: this event type refers to the events it concerns")
 	}
 	present := map[string]bool{}
-	if len(in.Attrs) > 0 {
-		if in.Attrs.Kind() != '{' {
-			return nil, fail("/attrs", "must be an object")
-		}
-		var m map[string]jsontext.Value
-		if err := json.Unmarshal(in.Attrs, &m); err != nil {
-			return nil, fail("/attrs", "must be an object")
-		}
-		for k, v := range m {
-			a, ok := spec.Attrs[k]
-			if !ok {
-				return nil, fail("/attrs/"+k, "not an attribute of "+in.Type+" (attributes are stored in clear; personal data belongs in the payload)")
+	if len(in.Attrs) > 2 {
+		if err := checkAttrs(in.Attrs, spec, in.Type, present); err != nil {
+			var ke *kindError
+			if errors.As(err, &ke) {
+				return nil, fail(ke.field, ke.reason)
 			}
-			if reason := checkKind(a, v); reason != "" {
-				return nil, fail("/attrs/"+k, reason)
-			}
-			present[k] = true
+			return nil, fail("/attrs", "invalid")
 		}
-		if len(m) > 0 {
-			ev.Attrs = []byte(in.Attrs)
-		}
+		ev.Attrs = in.Attrs
 	}
-	if len(in.Payload) > 0 {
-		if in.Payload.Kind() != '{' {
-			return nil, fail("/payload", "must be an object")
-		}
-		if string(in.Payload) != "{}" {
-			ev.Payload = []byte(in.Payload)
-		}
-		if ev.Payload != nil && bytes.Contains(ev.Payload, []byte(`"output":`)) {
-			var p map[string]jsontext.Value
-			if json.Unmarshal(ev.Payload, &p) == nil {
-				if _, ok := p["output"]; ok {
-					present["payload.output"] = true
-				}
-			}
+	if len(in.Payload) > 2 {
+		ev.Payload = in.Payload
+		if len(spec.RequireOneOf) > 0 && hasMember(ev.Payload, "output") {
+			present["payload.output"] = true
 		}
 	}
 	for _, r := range spec.Require {
@@ -310,59 +273,4 @@ func pointers(names []string) []string {
 		}
 	}
 	return out
-}
-
-func checkKind(a Attr, v jsontext.Value) string {
-	switch a.Kind {
-	case KindString, KindTimestamp:
-		var s string
-		if v.Kind() != '"' || json.Unmarshal(v, &s) != nil {
-			return "must be a string"
-		}
-		if a.Kind == KindTimestamp {
-			if _, err := time.Parse(time.RFC3339Nano, s); err != nil {
-				return "not an RFC 3339 timestamp"
-			}
-		}
-		if len(a.Enum) > 0 {
-			for _, e := range a.Enum {
-				if s == e {
-					return ""
-				}
-			}
-			return "must be one of " + strings.Join(a.Enum, ", ")
-		}
-	case KindNumber, KindNonNegative:
-		var f float64
-		if v.Kind() != '0' || json.Unmarshal(v, &f) != nil {
-			return "must be a number"
-		}
-		if a.Kind == KindNonNegative && (f < 0 || math.IsNaN(f)) {
-			return "must not be negative"
-		}
-	case KindBool:
-		if k := v.Kind(); k != 't' && k != 'f' {
-			return "must be true or false"
-		}
-	case KindStrings:
-		var s []string
-		if v.Kind() != '[' || json.Unmarshal(v, &s) != nil {
-			return "must be an array of strings"
-		}
-	case KindNumberMap:
-		var m map[string]float64
-		if v.Kind() != '{' || json.Unmarshal(v, &m) != nil {
-			return "must be an object of numbers"
-		}
-	case KindStringMap:
-		var m map[string]string
-		if v.Kind() != '{' || json.Unmarshal(v, &m) != nil {
-			return "must be an object of strings"
-		}
-	case KindObject:
-		if v.Kind() != '{' {
-			return "must be an object"
-		}
-	}
-	return ""
 }
