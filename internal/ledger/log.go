@@ -3,8 +3,11 @@ package ledger
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"errors"
 	"fmt"
+	"hash"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -35,6 +38,8 @@ type Prepared struct {
 	sealed     []byte
 	head, tail []byte
 	contentKey [16]byte
+	salt       [16]byte
+	digest     hash.Hash // SHA-256 over salt and head; the sequencer adds the recorded time and the tail
 }
 
 // ID returns the event's id.
@@ -71,11 +76,17 @@ type Log struct {
 	quit    chan struct{}
 	done    chan struct{}
 
-	// sequencer state
+	commitQ chan *built // sequencer → committer
+
+	// sequencer state (runs ahead of what is durable)
+	next         uint64 // index of the next entry to build
 	lastRecorded int64
 	dedup        map[event.UUID]dedupEntry
 	dedupOrder   []event.UUID // ids in insertion order, for expiry
 	scratch      []byte
+
+	inflightMu sync.Mutex
+	inflight   []*store.Batch // built, not yet durable
 
 	treeMu   sync.RWMutex
 	treeSize uint64
@@ -101,9 +112,10 @@ type publishedCheckpoint struct {
 func newLog(ctx context.Context, l *Ledger, name string, sl store.Log) (*Log, error) {
 	lg := &Log{
 		l: l, name: name, store: sl,
-		signer: newNoteSigner(l.Origin(name), l.signKey),
-		queue:  make(chan *request, 1024),
-		quit:   make(chan struct{}), done: make(chan struct{}),
+		signer:  newNoteSigner(l.Origin(name), l.signKey),
+		queue:   make(chan *request, 1024),
+		commitQ: make(chan *built, 1),
+		quit:    make(chan struct{}), done: make(chan struct{}),
 		dedup:  map[event.UUID]dedupEntry{},
 		cpWake: make(chan struct{}, 1), cpDone: make(chan struct{}),
 		followWake: make(chan struct{}, 1),
@@ -113,7 +125,7 @@ func newLog(ctx context.Context, l *Ledger, name string, sl store.Log) (*Log, er
 	if err != nil {
 		return nil, fmt.Errorf("tree hash: %w", err)
 	}
-	lg.treeSize, lg.treeRoot = n, root
+	lg.treeSize, lg.treeRoot, lg.next = n, root, n
 	// The store must hold at least what the last signed checkpoint covers, with the same root.
 	if cp, err := sl.Checkpoint(ctx); err != nil {
 		return nil, err
@@ -148,6 +160,7 @@ func newLog(ctx context.Context, l *Ledger, name string, sl store.Log) (*Log, er
 		return nil, err
 	}
 	go lg.sequence()
+	go lg.commit()
 	go lg.checkpointer()
 	if n > 0 {
 		lg.wakeCheckpointer()
@@ -286,6 +299,10 @@ func (lg *Log) sealFor(p *Prepared, t time.Time) error {
 	}
 	p.head = p.env.AppendHead(p.head[:0])
 	p.tail = p.env.AppendTail(p.tail[:0])
+	rand.Read(p.salt[:])
+	p.digest = sha256.New()
+	p.digest.Write(p.salt[:])
+	p.digest.Write(p.head)
 	return nil
 }
 
@@ -325,10 +342,24 @@ func (lg *Log) stop() {
 	<-lg.cpDone
 }
 
-// sequence is the log's single writer: it takes whatever is queued, decides idempotency, stamps recorded
-// times, derives leaves and tree hashes, appends one batch with one fsync and acknowledges every waiter.
+// The write path is a two-stage pipeline. The sequencer (one goroutine per log) takes whatever is queued,
+// decides idempotency, stamps recorded times, assigns indices and derives leaves and tree hashes; the committer
+// (one goroutine per log) appends each built batch durably, in order, advances the tree and acknowledges. The
+// sequencer builds batch k+1 while the committer waits for batch k's fsync. Its state (next index, ids, last
+// recorded time) runs ahead of what is durable; nothing is acknowledged, published or followed until the
+// committer has made it durable, and a failed append stops the log, so speculation never leaks.
+
+// built is a batch made ready by the sequencer.
+type built struct {
+	reqs       []*request
+	batch      *store.Batch
+	sysIndex   uint64
+	sysChanged bool
+}
+
+// sequence is the first stage: it builds batches and hands them to the committer.
 func (lg *Log) sequence() {
-	defer close(lg.done)
+	defer close(lg.commitQ)
 	var reqs []*request
 	for {
 		reqs = reqs[:0]
@@ -336,11 +367,11 @@ func (lg *Log) sequence() {
 		case r := <-lg.queue:
 			reqs = append(reqs, r)
 		case <-lg.quit:
-			// Drain what is already queued, then stop.
+			// Build what is already queued, then stop.
 			for {
 				select {
 				case r := <-lg.queue:
-					lg.commit([]*request{r})
+					lg.commitQ <- lg.build([]*request{r})
 				default:
 					return
 				}
@@ -357,23 +388,24 @@ func (lg *Log) sequence() {
 				break drain
 			}
 		}
-		lg.commit(reqs)
+		lg.commitQ <- lg.build(slices.Clone(reqs))
 	}
 }
 
-func (lg *Log) commit(reqs []*request) {
+// build decides and encodes one batch on the sequencer's (speculative) state.
+func (lg *Log) build(reqs []*request) *built {
 	now := lg.l.cfg.Now()
 	lg.expireDedup(now)
-	ctx := context.Background()
-	start := lg.store.Size()
-	batch := &store.Batch{Start: start}
+	start := lg.next
+	b := &built{reqs: reqs, batch: &store.Batch{Start: start}}
+	batch := b.batch
 	pendingIDs := map[event.UUID]dedupEntry{}
-	var sysIndex uint64
-	sysChanged := false
 	rec := now.UnixNano()
 	if rec < lg.lastRecorded {
 		rec = lg.lastRecorded
 	}
+	recMonth := time.Unix(0, rec).UTC().Format("2006-01")
+	undone := false
 	for _, r := range reqs {
 		r.res = make([]Receipt, len(r.items))
 		// Decide the whole request first: a conflict rejects all of it.
@@ -405,32 +437,26 @@ func (lg *Log) commit(reqs []*request) {
 				}
 			}
 			idx := start + uint64(len(batch.Entries))
-			if p.sealed != nil && p.month != time.Unix(0, rec).UTC().Format("2006-01") {
+			if p.sealed != nil && p.month != recMonth {
 				// The month turned between preparation and sequencing: seal under the right period key.
 				if err := lg.sealFor(p, time.Unix(0, rec)); err != nil {
 					r.err = err
 					break
 				}
 			}
-			e := store.Entry{Index: idx, ID: p.ev.ID, Recorded: rec, Type: p.ev.Type, Sealed: p.sealed, ContentKey: p.contentKey}
-			rand.Read(e.Salt[:])
-			env := make([]byte, 0, len(p.head)+len(p.tail)+30)
-			env = append(env, p.head...)
-			env = event.AppendRecorded(env, rec)
-			env = append(env, p.tail...)
-			e.Envelope = env
-			e.Digest = event.Digest(e.Salt[:], env)
-			batch.Entries = append(batch.Entries, e)
+			batch.Entries = append(batch.Entries, store.Entry{Index: idx, ID: p.ev.ID, Recorded: rec, Type: p.ev.Type,
+				Salt: p.salt, Sealed: p.sealed, ContentKey: p.contentKey})
 			if p.ev.IDGiven {
 				pendingIDs[p.ev.ID] = dedupEntry{index: idx, key: p.contentKey}
 			}
 			if p.ev.Spec.ServerOnly && (p.ev.Type == "system.registered" || p.ev.Type == "system.updated") {
-				sysIndex, sysChanged = idx, true
+				b.sysIndex, b.sysChanged = idx, true
 			}
 			r.res[i] = Receipt{ID: p.ev.ID, Index: idx}
 		}
 		if r.err != nil {
 			// Undo this request's entries: nothing of a rejected request is stored.
+			undone = true
 			keep := batch.Entries[:0]
 			for _, e := range batch.Entries {
 				if !inRequest(r, e.ID) {
@@ -443,45 +469,119 @@ func (lg *Log) commit(reqs []*request) {
 			}
 		}
 	}
-	// Indices may have shifted if a request was undone: renumber.
-	for i := range batch.Entries {
-		batch.Entries[i].Index = start + uint64(i)
-	}
-	renumber(reqs, batch)
-	for _, e := range batch.Entries {
-		if d, ok := pendingIDs[e.ID]; ok {
-			d.index = e.Index
-			pendingIDs[e.ID] = d
+	if undone {
+		// Indices shifted where a request was undone: renumber.
+		for i := range batch.Entries {
+			batch.Entries[i].Index = start + uint64(i)
 		}
-	}
-	err := lg.appendBatch(ctx, batch)
-	if err == nil && len(batch.Entries) > 0 {
-		lg.lastRecorded = rec
-		for id, d := range pendingIDs {
-			lg.remember(id, d)
+		renumber(reqs, batch)
+		for _, e := range batch.Entries {
+			if d, ok := pendingIDs[e.ID]; ok {
+				d.index = e.Index
+				pendingIDs[e.ID] = d
+			}
 		}
-		if sysChanged {
-			if derr := lg.setDefinitionFrom(ctx, sysIndex); derr != nil {
-				lg.l.cfg.Logger.Error("load system definition", "system", lg.name, "err", derr)
+		b.sysChanged = false
+		for _, e := range batch.Entries {
+			if e.Type == "system.registered" || e.Type == "system.updated" {
+				b.sysIndex, b.sysChanged = e.Index, true
 			}
 		}
 	}
-	for _, r := range reqs {
-		if err != nil && r.err == nil {
-			r.err = err
-			r.res = nil
-		}
-		if r.err != nil {
-			r.res = nil
-		}
-		lg.pending.Add(-int64(len(r.items)))
-		close(r.done)
+	// Envelopes: one buffer for the batch; the digest continues the hash Prepare started over salt and head.
+	items := preparedOf(reqs)
+	size := 0
+	for _, e := range batch.Entries {
+		p := items[e.ID]
+		size += len(p.head) + len(p.tail) + 30
 	}
-	if err == nil && len(batch.Entries) > 0 {
-		lg.wakeCheckpointer()
-		select {
-		case lg.followWake <- struct{}{}:
-		default:
+	buf := make([]byte, 0, size)
+	for i := range batch.Entries {
+		e := &batch.Entries[i]
+		p := items[e.ID]
+		at := len(buf)
+		buf = append(buf, p.head...)
+		buf = event.AppendRecorded(buf, rec)
+		mid := len(buf)
+		buf = append(buf, p.tail...)
+		e.Envelope = buf[at:len(buf):len(buf)]
+		h := p.digest
+		h.Write(buf[at+len(p.head) : mid])
+		h.Write(p.tail)
+		h.Sum(e.Digest[:0])
+	}
+	if len(batch.Entries) > 0 {
+		if err := lg.hashBatch(batch); err != nil {
+			lg.broken.CompareAndSwap(nil, &err)
+		}
+		lg.lastRecorded = rec
+		lg.next = start + uint64(len(batch.Entries))
+		for id, d := range pendingIDs {
+			lg.remember(id, d)
+		}
+		lg.inflightMu.Lock()
+		lg.inflight = append(lg.inflight, batch)
+		lg.inflightMu.Unlock()
+	}
+	return b
+}
+
+// preparedOf maps event ids to their prepared events (the first of an id, which is the one appended).
+func preparedOf(reqs []*request) map[event.UUID]*Prepared {
+	m := map[event.UUID]*Prepared{}
+	for _, r := range reqs {
+		if r.err != nil {
+			continue
+		}
+		for _, p := range r.items {
+			if _, ok := m[p.ev.ID]; !ok {
+				m[p.ev.ID] = p
+			}
+		}
+	}
+	return m
+}
+
+// commit is the second stage: it makes built batches durable in order and acknowledges them.
+func (lg *Log) commit() {
+	defer close(lg.done)
+	ctx := context.Background()
+	for b := range lg.commitQ {
+		var err error
+		if p := lg.broken.Load(); p != nil {
+			err = fmt.Errorf("log is stopped after an earlier failure: %w", *p)
+		} else if len(b.batch.Entries) > 0 {
+			if err = lg.appendBatch(ctx, b.batch); err != nil {
+				// What the sequencer built on this batch can no longer be made durable: stop the log.
+				lg.broken.CompareAndSwap(nil, &err)
+			}
+		}
+		if len(b.batch.Entries) > 0 {
+			lg.inflightMu.Lock()
+			lg.inflight = slices.DeleteFunc(lg.inflight, func(x *store.Batch) bool { return x == b.batch })
+			lg.inflightMu.Unlock()
+		}
+		if err == nil && b.sysChanged {
+			if derr := lg.setDefinitionFrom(ctx, b.sysIndex); derr != nil {
+				lg.l.cfg.Logger.Error("load system definition", "system", lg.name, "err", derr)
+			}
+		}
+		for _, r := range b.reqs {
+			if err != nil && r.err == nil {
+				r.err = err
+			}
+			if r.err != nil {
+				r.res = nil
+			}
+			lg.pending.Add(-int64(len(r.items)))
+			close(r.done)
+		}
+		if err == nil && len(b.batch.Entries) > 0 {
+			lg.wakeCheckpointer()
+			select {
+			case lg.followWake <- struct{}{}:
+			default:
+			}
 		}
 	}
 }
@@ -513,37 +613,33 @@ func renumber(reqs []*request, b *store.Batch) {
 	}
 }
 
-// appendBatch computes the tree's new stored hashes, appends durably and advances the tree.
-func (lg *Log) appendBatch(ctx context.Context, b *store.Batch) error {
-	if len(b.Entries) == 0 {
-		return nil
-	}
-	if p := lg.broken.Load(); p != nil {
-		return fmt.Errorf("log is stopped after an earlier failure: %w", *p)
-	}
+// hashBatch computes the tree's new stored hashes for a built batch, reading earlier hashes from the store or
+// from batches still in flight.
+func (lg *Log) hashBatch(b *store.Batch) error {
 	base := tlog.StoredHashCount(int64(b.Start))
 	r := tlog.HashReaderFunc(func(idx []int64) ([]tlog.Hash, error) {
 		out := make([]tlog.Hash, len(idx))
-		var fromStore []int64
-		for _, x := range idx {
-			if x < base {
-				fromStore = append(fromStore, x)
-			}
-		}
-		var got []tlog.Hash
-		if len(fromStore) > 0 {
-			var err error
-			if got, err = lg.store.ReadHashes(fromStore); err != nil {
-				return nil, err
-			}
-		}
-		j := 0
+		lg.inflightMu.Lock()
+		defer lg.inflightMu.Unlock()
 		for i, x := range idx {
-			if x < base {
-				out[i] = got[j]
-				j++
-			} else {
+			if x >= base {
 				out[i] = b.Hashes[x-base]
+				continue
+			}
+			found := false
+			for _, f := range lg.inflight {
+				if fb := tlog.StoredHashCount(int64(f.Start)); x >= fb && x < fb+int64(len(f.Hashes)) {
+					out[i], found = f.Hashes[x-fb], true
+					break
+				}
+			}
+			if !found {
+				// Not in flight, so durable in the store: batches leave the in-flight list only after their append.
+				h, err := lg.store.ReadHashes([]int64{x})
+				if err != nil {
+					return nil, err
+				}
+				out[i] = h[0]
 			}
 		}
 		return out, nil
@@ -557,6 +653,11 @@ func (lg *Log) appendBatch(ctx context.Context, b *store.Batch) error {
 		}
 		b.Hashes = append(b.Hashes, hs...)
 	}
+	return nil
+}
+
+// appendBatch appends a built batch durably and advances the tree.
+func (lg *Log) appendBatch(ctx context.Context, b *store.Batch) error {
 	if err := lg.store.Append(ctx, b); err != nil {
 		return fmt.Errorf("append: %w", err)
 	}
@@ -564,7 +665,7 @@ func (lg *Log) appendBatch(ctx context.Context, b *store.Batch) error {
 	n := b.Start + uint64(len(b.Entries))
 	root, err := tlog.TreeHash(int64(n), lg.store)
 	if err != nil {
-		lg.broken.Store(&err)
+		lg.broken.CompareAndSwap(nil, &err)
 		lg.l.cfg.Logger.Error("tree hash after a durable append; the log takes no more appends until restarted", "system", lg.name, "err", err)
 		return nil
 	}
