@@ -100,8 +100,9 @@ func (e *Envelope) AppendTail(dst []byte) []byte {
 	}
 	dst = append(dst, `,"system":`...)
 	dst = canon.AppendString(dst, e.System)
-	dst = append(dst, `,"time":`...)
-	dst = canon.AppendString(dst, e.Time.UTC().Format(time.RFC3339Nano))
+	dst = append(dst, `,"time":"`...)
+	dst = e.Time.UTC().AppendFormat(dst, time.RFC3339Nano) // only digits and "-:.TZ": nothing to escape
+	dst = append(dst, '"')
 	dst = append(dst, `,"type":`...)
 	dst = canon.AppendString(dst, e.Type)
 	dst = append(dst, `,"v":`...)

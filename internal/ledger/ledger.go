@@ -13,6 +13,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"hash"
 	"log/slog"
 	"sync"
 	"time"
@@ -87,7 +88,8 @@ type Ledger struct {
 	store   store.Store
 	keys    *seal.Keyring
 	signKey ed25519.PrivateKey
-	dedup   []byte // key of the keyed content digest
+	dedup   []byte    // key of the keyed content digest
+	macs    sync.Pool // of HMAC-SHA256 under dedup
 
 	mu     sync.Mutex
 	logs   map[string]*Log
@@ -255,9 +257,15 @@ func (l *Ledger) Close() error {
 
 // contentKey is the keyed digest of a client's canonical event: what idempotency compares.
 func (l *Ledger) contentKey(canonical []byte) [16]byte {
-	m := hmac.New(sha256.New, l.dedup)
+	m, _ := l.macs.Get().(hash.Hash)
+	if m == nil {
+		m = hmac.New(sha256.New, l.dedup)
+	}
+	m.Reset()
 	m.Write(canonical)
+	var sum [sha256.Size]byte
 	var out [16]byte
-	copy(out[:], m.Sum(nil))
+	copy(out[:], m.Sum(sum[:0]))
+	l.macs.Put(m)
 	return out
 }

@@ -85,6 +85,9 @@ type Log struct {
 	dedupOrder   []event.UUID // ids in insertion order, for expiry
 	scratch      []byte
 
+	pkMu    sync.Mutex
+	pkCache map[string]cachedKey // current period key per retention class
+
 	inflightMu sync.Mutex
 	inflight   []*store.Batch // built, not yet durable
 
@@ -115,6 +118,7 @@ func newLog(ctx context.Context, l *Ledger, name string, sl store.Log) (*Log, er
 		signer:  newNoteSigner(l.Origin(name), l.signKey),
 		queue:   make(chan *request, 1024),
 		commitQ: make(chan *built, 1),
+		pkCache: map[string]cachedKey{},
 		quit:    make(chan struct{}), done: make(chan struct{}),
 		dedup:  map[event.UUID]dedupEntry{},
 		cpWake: make(chan struct{}, 1), cpDone: make(chan struct{}),
@@ -282,14 +286,39 @@ func (lg *Log) Prepare(ev *event.Event, actor string) (*Prepared, error) {
 	return p, nil
 }
 
+// periodKey returns the period key of a class for t's month, from a per-log cache of the current ones.
+func (lg *Log) periodKey(class string, t time.Time) (*seal.PeriodKey, error) {
+	t = t.UTC()
+	month := t.Year()*100 + int(t.Month())
+	lg.pkMu.Lock()
+	if c, ok := lg.pkCache[class]; ok && c.month == month {
+		lg.pkMu.Unlock()
+		return c.key, nil
+	}
+	lg.pkMu.Unlock()
+	pk, err := lg.l.keys.Period(lg.name, class, t)
+	if err != nil {
+		return nil, err
+	}
+	lg.pkMu.Lock()
+	lg.pkCache[class] = cachedKey{month: month, key: pk}
+	lg.pkMu.Unlock()
+	return pk, nil
+}
+
+type cachedKey struct {
+	month int
+	key   *seal.PeriodKey
+}
+
 // sealFor seals the payload under the period key of t's month and encodes the envelope around it.
 func (lg *Log) sealFor(p *Prepared, t time.Time) error {
 	if p.ev.Payload != nil {
-		pk, err := lg.l.keys.Period(lg.name, p.ev.Spec.Class, t)
+		pk, err := lg.periodKey(p.ev.Spec.Class, t)
 		if err != nil {
 			return fmt.Errorf("period key: %w", err)
 		}
-		sealed, c, err := seal.Seal(p.sealed[:0], pk, p.ev.ID[:], p.ev.Payload)
+		sealed, c, err := seal.Seal(make([]byte, 0, seal.Overhead+len(p.ev.Payload)), pk, p.ev.ID[:], p.ev.Payload)
 		if err != nil {
 			return err
 		}
@@ -297,8 +326,11 @@ func (lg *Log) sealFor(p *Prepared, t time.Time) error {
 		p.month = seal.Month(pk.ID)
 		p.env.Payload = &event.PayloadRef{Digest: c.Digest, Size: c.Size, Key: pk.ID, KeyCommit: c.KeyCommit}
 	}
-	p.head = p.env.AppendHead(p.head[:0])
-	p.tail = p.env.AppendTail(p.tail[:0])
+	// Head and tail share one buffer, sized for a typical envelope.
+	buf := make([]byte, 0, 512+len(p.env.Attrs)+len(p.env.Actor)+len(p.env.Deployment)+37*len(p.env.Refs))
+	buf = p.env.AppendHead(buf)
+	p.head = buf[:len(buf):len(buf)]
+	p.tail = p.env.AppendTail(buf[len(buf):])
 	rand.Read(p.salt[:])
 	p.digest = sha256.New()
 	p.digest.Write(p.salt[:])

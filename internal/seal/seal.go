@@ -18,6 +18,9 @@ import (
 // DataKeySize is the size of a per-event data key (AES-256).
 const DataKeySize = 32
 
+// Overhead is how many bytes sealing adds to a payload: format byte, wrapped data key, GCM tag.
+const Overhead = 1 + wrappedLen + 16
+
 const (
 	formatV1   = 1
 	nonceSize  = 12
