@@ -54,6 +54,17 @@ func unquote(r []byte) (string, error) {
 	return string(r[1 : len(r)-1]), nil
 }
 
+// unquoteBytes is unquote without a copy when the string has no escapes.
+func unquoteBytes(r []byte) ([]byte, error) {
+	for _, c := range r[1 : len(r)-1] {
+		if c == '\\' {
+			s, err := unquote(r)
+			return []byte(s), err
+		}
+	}
+	return r[1 : len(r)-1], nil
+}
+
 // skip passes over one value and returns its bytes.
 func (s *cscan) skip() ([]byte, error) {
 	start, depth := s.i, 0
@@ -91,8 +102,8 @@ func (s *cscan) skip() ([]byte, error) {
 }
 
 // members calls fn with each member name of the object at the cursor, the cursor then at the member's value;
-// fn must consume the value.
-func (s *cscan) members(fn func(name string) error) error {
+// fn must consume the value. name is only valid during the call (it may alias the input).
+func (s *cscan) members(fn func(name []byte) error) error {
 	if s.peek() != '{' {
 		return errScan
 	}
@@ -107,7 +118,7 @@ func (s *cscan) members(fn func(name string) error) error {
 			return errScan
 		}
 		s.i++
-		name, err := unquote(r)
+		name, err := unquoteBytes(r)
 		if err != nil {
 			return err
 		}
@@ -187,24 +198,12 @@ func (s *cscan) str(field string) (string, error) {
 	return unquote(r)
 }
 
-// number reads a number value at field.
-func (s *cscan) number(field string) (float64, error) {
-	if !isNumber(s.peek()) {
-		return 0, &kindError{field, "must be a number"}
-	}
-	v, err := s.skip()
-	if err != nil {
-		return 0, err
-	}
-	return strconv.ParseFloat(string(v), 64)
-}
-
 // scanInput decodes a canonical client event. Members arrive in canonical (sorted) order.
 func scanInput(c []byte, in *input) error {
 	s := &cscan{b: c}
-	return s.members(func(name string) error {
+	return s.members(func(name []byte) error {
 		var err error
-		switch name {
+		switch string(name) {
 		case "id":
 			in.ID, err = s.str("/id")
 		case "type":
@@ -238,9 +237,9 @@ func scanInput(c []byte, in *input) error {
 			}
 			m := &Model{}
 			in.Model = m
-			err = s.members(func(n string) error {
+			err = s.members(func(n []byte) error {
 				var err error
-				switch n {
+				switch string(n) {
 				case "name":
 					m.Name, err = s.str("/model/name")
 				case "version":
@@ -248,12 +247,12 @@ func scanInput(c []byte, in *input) error {
 				case "digest":
 					m.Digest, err = s.str("/model/digest")
 				default:
-					return &kindError{"/model/" + n, "unknown field"}
+					return &kindError{"/model/" + string(n), "unknown field"}
 				}
 				return err
 			})
 		default:
-			return &kindError{"/" + name, "unknown field"}
+			return &kindError{"/" + string(name), "unknown field"}
 		}
 		return err
 	})
@@ -262,61 +261,74 @@ func scanInput(c []byte, in *input) error {
 // checkAttrs validates attribute kinds against spec, recording which are present.
 func checkAttrs(attrs []byte, spec *Spec, typ string, present map[string]bool) error {
 	s := &cscan{b: attrs}
-	return s.members(func(k string) error {
-		a, ok := spec.Attrs[k]
-		field := "/attrs/" + k
+	return s.members(func(k []byte) error {
+		a, ok := spec.Attrs[string(k)]
 		if !ok {
-			return &kindError{field, "not an attribute of " + typ + " (attributes are stored in clear; personal data belongs in the payload)"}
+			return &kindError{"/attrs/" + string(k), "not an attribute of " + typ + " (attributes are stored in clear; personal data belongs in the payload)"}
 		}
-		present[k] = true
-		return s.attr(field, a)
+		if a.Required {
+			present[string(k)] = true
+		}
+		return s.attr(k, a)
 	})
 }
 
-func (s *cscan) attr(field string, a Attr) error {
+func (s *cscan) attr(name []byte, a Attr) error {
+	field := func() string { return "/attrs/" + string(name) }
 	switch a.Kind {
 	case KindString, KindTimestamp:
-		v, err := s.str(field)
+		if s.peek() != '"' {
+			return &kindError{field(), "must be a string"}
+		}
+		r, err := s.rawString()
 		if err != nil {
-			if _, ok := err.(*kindError); ok {
-				return &kindError{field, "must be a string"}
-			}
+			return err
+		}
+		v, err := unquoteBytes(r)
+		if err != nil {
 			return err
 		}
 		if a.Kind == KindTimestamp {
-			if _, err := time.Parse(time.RFC3339Nano, v); err != nil {
-				return &kindError{field, "not an RFC 3339 timestamp"}
+			if _, err := time.Parse(time.RFC3339Nano, string(v)); err != nil {
+				return &kindError{field(), "not an RFC 3339 timestamp"}
 			}
 		}
 		if len(a.Enum) > 0 {
 			for _, e := range a.Enum {
-				if v == e {
+				if string(v) == e {
 					return nil
 				}
 			}
-			return &kindError{field, "must be one of " + joinComma(a.Enum)}
+			return &kindError{field(), "must be one of " + joinComma(a.Enum)}
 		}
 	case KindNumber, KindNonNegative:
-		f, err := s.number(field)
+		if !isNumber(s.peek()) {
+			return &kindError{field(), "must be a number"}
+		}
+		v, err := s.skip()
+		if err != nil {
+			return err
+		}
+		f, err := strconv.ParseFloat(string(v), 64)
 		if err != nil {
 			return err
 		}
 		if a.Kind == KindNonNegative && f < 0 {
-			return &kindError{field, "must not be negative"}
+			return &kindError{field(), "must not be negative"}
 		}
 	case KindBool:
 		if c := s.peek(); c != 't' && c != 'f' {
-			return &kindError{field, "must be true or false"}
+			return &kindError{field(), "must be true or false"}
 		}
 		_, err := s.skip()
 		return err
 	case KindStrings:
 		if s.peek() != '[' {
-			return &kindError{field, "must be an array of strings"}
+			return &kindError{field(), "must be an array of strings"}
 		}
 		return s.elements(func(int) error {
 			if s.peek() != '"' {
-				return &kindError{field, "must be an array of strings"}
+				return &kindError{field(), "must be an array of strings"}
 			}
 			_, err := s.rawString()
 			return err
@@ -327,19 +339,19 @@ func (s *cscan) attr(field string, a Attr) error {
 			reason = "must be an object of numbers"
 		}
 		if s.peek() != '{' {
-			return &kindError{field, reason}
+			return &kindError{field(), reason}
 		}
-		return s.members(func(string) error {
+		return s.members(func([]byte) error {
 			c := s.peek()
 			if (a.Kind == KindNumberMap && !isNumber(c)) || (a.Kind == KindStringMap && c != want) {
-				return &kindError{field, reason}
+				return &kindError{field(), reason}
 			}
 			_, err := s.skip()
 			return err
 		})
 	case KindObject:
 		if s.peek() != '{' {
-			return &kindError{field, "must be an object"}
+			return &kindError{field(), "must be an object"}
 		}
 		_, err := s.skip()
 		return err
@@ -351,8 +363,8 @@ func (s *cscan) attr(field string, a Attr) error {
 func hasMember(obj []byte, name string) bool {
 	s := &cscan{b: obj}
 	found := false
-	s.members(func(n string) error {
-		found = found || n == name
+	s.members(func(n []byte) error {
+		found = found || string(n) == name
 		_, err := s.skip()
 		return err
 	})

@@ -35,6 +35,8 @@ const (
 type Attr struct {
 	Kind Kind
 	Enum []string // allowed values, for KindString
+	// Required is set from the type's Require and RequireOneOf lists, so validation records only those.
+	Required bool
 }
 
 // Spec describes one event type: its retention class, what it requires and which attributes it allows.
@@ -183,6 +185,19 @@ var Specs = map[string]*Spec{
 		"result": {Kind: KindString, Enum: []string{"pass", "fail"}}, "policy_digest": {Kind: KindString},
 		"rules": {Kind: KindNumber}, "failed": {Kind: KindNumber},
 	})},
+}
+
+func init() {
+	for _, sp := range Specs {
+		for _, names := range [][]string{sp.Require, sp.RequireOneOf} {
+			for _, n := range names {
+				if a, ok := sp.Attrs[n]; ok {
+					a.Required = true
+					sp.Attrs[n] = a
+				}
+			}
+		}
+	}
 }
 
 // Types returns every event type name, sorted.
