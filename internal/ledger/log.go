@@ -756,11 +756,10 @@ func (lg *Log) publish() error {
 	if err != nil {
 		return err
 	}
-	if err := lg.store.SetCheckpoint(context.Background(), n, signed); err != nil {
-		return err
-	}
+	// Serve it at once, then keep it. A checkpoint covers only entries that are already durable, so one lost
+	// in a crash before it was kept costs nothing: the restarted server signs the same tree again.
 	lg.published.Store(&publishedCheckpoint{size: n, note: signed, at: time.Now()})
-	return nil
+	return lg.store.SetCheckpoint(context.Background(), n, signed)
 }
 
 // Checkpoint returns the latest published signed checkpoint and its tree size (nil before the first).
