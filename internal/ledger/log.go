@@ -82,7 +82,8 @@ type Log struct {
 	next         uint64 // index of the next entry to build
 	lastRecorded int64
 	dedup        map[event.UUID]dedupEntry
-	dedupOrder   []event.UUID // ids in insertion order, for expiry
+	dedupOrder   []event.UUID // ids in insertion order, for expiry; entries before dedupHead are expired
+	dedupHead    int
 	scratch      []byte
 
 	pkMu    sync.Mutex
@@ -251,12 +252,15 @@ func (lg *Log) remember(id event.UUID, d dedupEntry) {
 
 func (lg *Log) expireDedup(now time.Time) {
 	limit := now.Add(-lg.l.cfg.DedupWindow - time.Minute)
-	i := 0
+	i := lg.dedupHead
 	for ; i < len(lg.dedupOrder) && lg.dedupOrder[i].Time().Before(limit); i++ {
 		delete(lg.dedup, lg.dedupOrder[i])
 	}
-	if i > 0 {
-		lg.dedupOrder = append(lg.dedupOrder[:0:0], lg.dedupOrder[i:]...)
+	lg.dedupHead = i
+	// Compact only when the expired prefix is most of the slice, so expiry costs O(1) per id amortised.
+	if lg.dedupHead > 1024 && lg.dedupHead > len(lg.dedupOrder)/2 {
+		lg.dedupOrder = append(lg.dedupOrder[:0:0], lg.dedupOrder[lg.dedupHead:]...)
+		lg.dedupHead = 0
 	}
 }
 
