@@ -15,7 +15,7 @@ func TestDedupExpiry(t *testing.T) {
 	}
 	keep := event.NewV7(t0.Add(10 * time.Minute))
 	lg.remember(keep, dedupEntry{index: 9})
-	lg.expireDedup(t0.Add(2*time.Minute + 3*time.Second)) // ids older than now-window-1min expire
+	lg.expireDedup(t0.Add(2*time.Minute + 10*time.Second)) // ids older than now - window - 1 min expire
 	if len(lg.dedup) != 1 {
 		t.Fatalf("%d ids remembered after expiry, want 1", len(lg.dedup))
 	}
