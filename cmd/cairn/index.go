@@ -13,6 +13,7 @@ import (
 	"github.com/cairn-ai/cairn/internal/index"
 	"github.com/cairn-ai/cairn/internal/ledger"
 	"github.com/cairn-ai/cairn/internal/store/local"
+	"golang.org/x/mod/sumdb/tlog"
 )
 
 // startIndex opens the query index and follows every log, including logs registered later. The followers run
@@ -71,15 +72,21 @@ func cmdReindex(args []string, stdout, stderr io.Writer) error {
 		return errUsage
 	}
 	p := defaultPaths(*data, "", "")
-	if _, _, err := loadConfig(p, "", false); err != nil {
+	cfg, _, err := loadConfig(p, "", false)
+	if err != nil {
 		return err
 	}
+	pub, err := publicKey(p)
+	if err != nil {
+		return err
+	}
+	vkey := vkeyFunc(cfg.Origin, pub)
 	unlock, err := lockData(p.data)
 	if err != nil {
 		return err
 	}
 	defer unlock()
-	st, err := local.Open(p.data, local.Options{ReadOnly: true})
+	st, err := local.Open(p.data, local.Options{})
 	if err != nil {
 		return err
 	}
@@ -95,18 +102,34 @@ func cmdReindex(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	for _, name := range names {
-		lg, err := st.Open(ctx, name)
+		start := time.Now()
+		// The tree's stored hashes and the locator are derived again from the segments, then held to the
+		// latest signed checkpoint before anything is indexed.
+		lg, err := st.Rebuild(ctx, name)
 		if err != nil {
 			return err
 		}
-		start := time.Now()
+		if note, err := lg.Checkpoint(ctx); err != nil {
+			return err
+		} else if note != nil {
+			cp, err := ledger.OpenCheckpoint(note, vkey(name))
+			if err != nil {
+				return fmt.Errorf("%s: latest checkpoint: %v", name, err)
+			}
+			if cp.Size > lg.Size() {
+				return fmt.Errorf("%s: the segments hold %d entries, the signed checkpoint %d", name, lg.Size(), cp.Size)
+			}
+			if root, err := tlog.TreeHash(int64(cp.Size), lg); err != nil || root != cp.Root {
+				return fmt.Errorf("%s: the tree rebuilt from the segments does not match the signed checkpoint of size %d", name, cp.Size)
+			}
+		}
 		if err := x.Reset(name); err != nil {
 			return err
 		}
 		if err := x.CatchUp(ctx, name, lg); err != nil {
 			return fmt.Errorf("reindex %s: %w", name, err)
 		}
-		fmt.Fprintf(stdout, "%s: %d entries indexed in %s\n", name, lg.Size(), time.Since(start).Round(time.Millisecond))
+		fmt.Fprintf(stdout, "%s: %d entries: tree hashes rebuilt and indexed in %s\n", name, lg.Size(), time.Since(start).Round(time.Millisecond))
 	}
 	return nil
 }

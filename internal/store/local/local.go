@@ -179,6 +179,30 @@ func (s *Store) Open(ctx context.Context, name string) (store.Log, error) {
 	return l, nil
 }
 
+// Rebuild discards a log's projections (stored hashes, locator, watermark) and derives them again from its
+// segments, as recovery does from a watermark. The log must not be open.
+func (s *Store) Rebuild(ctx context.Context, name string) (store.Log, error) {
+	if s.opts.ReadOnly {
+		return nil, errors.New("rebuild: the store is open read-only")
+	}
+	s.mu.Lock()
+	_, open := s.open[name]
+	s.mu.Unlock()
+	if open || !nameRE.MatchString(name) {
+		return nil, fmt.Errorf("rebuild %s: the log is open or misnamed", name)
+	}
+	dir := filepath.Join(s.dir, "logs", name)
+	for _, f := range []string{"state", "hashes", "locator"} {
+		if err := s.fs.Remove(filepath.Join(dir, f)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("rebuild %s: %w", name, err)
+		}
+	}
+	if err := s.fs.SyncDir(dir); err != nil {
+		return nil, err
+	}
+	return s.Open(ctx, name)
+}
+
 func (s *Store) Close() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
