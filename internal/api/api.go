@@ -62,6 +62,7 @@ type Server struct {
 // Index answers queries; the SQLite follower implements it. It may be nil (queries then answer 503).
 type Index interface {
 	Lag(system string) (uint64, error)
+	Watermark(system string) (uint64, error)
 	Find(ctx context.Context, q index.Query) ([]index.Row, error)
 	ByID(ctx context.Context, system, id string) (uint64, bool, error)
 }
@@ -81,7 +82,7 @@ func New(cfg Config, l *ledger.Ledger, t *Tokens, idx Index) *Server {
 	s.bufs.New = func() any { return new(bytes.Buffer) }
 	m := routeRecorder{s.mux}
 	m.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
-	m.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ready\n") })
+	m.HandleFunc("GET /readyz", s.ready)
 	m.HandleFunc("GET /metrics", s.metrics)
 	m.HandleFunc("GET /openapi.yaml", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/yaml")
@@ -147,6 +148,17 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	enc := json.NewEncoder(w)
 	enc.SetEscapeHTML(false)
 	enc.Encode(v)
+}
+
+// ready answers 503 while any log has stopped after a failure (it then takes no appends until restarted).
+func (s *Server) ready(w http.ResponseWriter, r *http.Request) {
+	for _, name := range s.ledger.Systems() {
+		if lg, err := s.ledger.Log(name); err == nil && lg.Broken() != nil {
+			writeProblem(w, Problem{Status: http.StatusServiceUnavailable, Detail: "a log has stopped after a storage failure; see the server log"})
+			return
+		}
+	}
+	io.WriteString(w, "ready\n")
 }
 
 // --- tlog-tiles read API ---
@@ -313,6 +325,11 @@ func (s *Server) ingest(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
+	if lg.QueueFull() {
+		// Push back before reading and preparing the body, so memory stays bounded under overload.
+		writeError(w, ledger.ErrBusy)
+		return
+	}
 	buf := s.bufs.Get().(*bytes.Buffer)
 	buf.Reset()
 	defer func() {
@@ -350,7 +367,8 @@ func (s *Server) ingest(w http.ResponseWriter, r *http.Request) {
 	rs, err := lg.Append(r.Context(), items)
 	if err != nil {
 		var ce *ledger.ConflictError
-		if err != ledger.ErrBusy && !errors.As(err, &ce) {
+		var ee *event.Error
+		if !errors.Is(err, ledger.ErrBusy) && !errors.Is(err, ledger.ErrClosed) && !errors.As(err, &ce) && !errors.As(err, &ee) {
 			s.cfg.Logger.Warn("append failed", "system", sys, "events", len(items), "err", err)
 		}
 		writeError(w, err)
@@ -469,6 +487,8 @@ type QueryRow struct {
 	Actor        string `json:"actor,omitempty"`
 }
 
+var queryParams = []string{"type", "from", "to", "recorded_from", "recorded_to", "model", "model_version", "deployment", "actor", "after", "limit"}
+
 func (s *Server) queryEvents(w http.ResponseWriter, r *http.Request) {
 	sys := r.PathValue("system")
 	p := s.authorize(w, r, RoleAuditor, sys)
@@ -484,6 +504,12 @@ func (s *Server) queryEvents(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	v := r.URL.Query()
+	for name := range v {
+		if !slices.Contains(queryParams, name) {
+			badRequest(w, name, "not a query parameter (want "+strings.Join(queryParams, ", ")+")")
+			return
+		}
+	}
 	q := index.Query{System: lg.Name(), ModelName: v.Get("model"), ModelVersion: v.Get("model_version"),
 		Deployment: v.Get("deployment"), Actor: v.Get("actor")}
 	if t := v.Get("type"); t != "" {
@@ -519,23 +545,24 @@ func (s *Server) queryEvents(w http.ResponseWriter, r *http.Request) {
 		}
 		q.Limit = n
 	}
-	lag, _ := s.index.Lag(sys)
+	indexed, _ := s.index.Watermark(sys)
 	rows, err := s.index.Find(r.Context(), q)
 	if err != nil {
 		writeError(w, err)
 		return
 	}
-	// The query is a read of the log: record it before answering.
-	raw, _ := json.Marshal(map[string]any{"type": "access", "attrs": map[string]any{"action": "query", "scope": r.URL.RawQuery}})
+	// The query is a read of the log: record it before answering. Its parameters are the client's words, so
+	// they go in the sealed payload, not in the envelope's clear attributes.
+	params := map[string]string{}
+	for name := range v {
+		params[name] = v.Get(name)
+	}
+	raw, _ := json.Marshal(map[string]any{"type": "access", "attrs": map[string]any{"action": "query", "scope": "events"}, "payload": map[string]any{"query": params}})
 	if _, err := s.ledger.AppendServer(r.Context(), sys, raw, p.Name); err != nil {
 		writeError(w, err)
 		return
 	}
-	n, _ := lg.Tree()
-	out := QueryResponse{Events: make([]QueryRow, len(rows))}
-	if n > lag {
-		out.Indexed = n - lag
-	}
+	out := QueryResponse{Events: make([]QueryRow, len(rows)), Indexed: indexed}
 	for i, row := range rows {
 		qr := QueryRow{Index: row.Index, ID: row.ID, Type: row.Type, Recorded: row.Recorded.UTC().Format(time.RFC3339Nano),
 			ModelName: row.ModelName, ModelVersion: row.ModelVersion, Deployment: row.Deployment, Actor: row.Actor}

@@ -94,7 +94,6 @@ type Ledger struct {
 	mu     sync.Mutex
 	logs   map[string]*Log
 	closed bool
-	wg     sync.WaitGroup
 }
 
 // Open opens every log of the store and starts its sequencer.

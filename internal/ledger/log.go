@@ -103,6 +103,9 @@ type Log struct {
 
 	broken atomic.Pointer[error] // set when the log can no longer append safely
 
+	closeMu sync.RWMutex // guards closed against enqueues racing stop
+	closed  bool
+
 	defMu sync.Mutex // serialises registrations
 	def   atomic.Pointer[CurrentDefinition]
 }
@@ -352,13 +355,24 @@ func (lg *Log) Append(ctx context.Context, items []*Prepared) ([]Receipt, error)
 		lg.pending.Add(-int64(len(items)))
 		return nil, ErrBusy
 	}
+	if p := lg.broken.Load(); p != nil {
+		lg.pending.Add(-int64(len(items)))
+		return nil, fmt.Errorf("log is stopped after an earlier failure: %w", *p)
+	}
 	r := &request{items: items, done: make(chan struct{})}
-	select {
-	case lg.queue <- r:
-	case <-lg.quit:
+	// Enqueue under the close lock, so that once stop has closed quit no request can still slip into the
+	// queue after the sequencer's final drain.
+	lg.closeMu.RLock()
+	if lg.closed {
+		lg.closeMu.RUnlock()
 		lg.pending.Add(-int64(len(items)))
 		return nil, ErrClosed
+	}
+	select {
+	case lg.queue <- r:
+		lg.closeMu.RUnlock()
 	default:
+		lg.closeMu.RUnlock()
 		lg.pending.Add(-int64(len(items)))
 		return nil, ErrBusy
 	}
@@ -368,11 +382,25 @@ func (lg *Log) Append(ctx context.Context, items []*Prepared) ([]Receipt, error)
 	return r.res, r.err
 }
 
+// QueueFull reports whether the log's queue is at its limit, so a caller can push back before preparing.
+func (lg *Log) QueueFull() bool { return lg.pending.Load() >= int64(lg.l.cfg.MaxQueue) }
+
+// Broken returns the failure that stopped the log, or nil.
+func (lg *Log) Broken() error {
+	if p := lg.broken.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
 // QueueLength is the number of events waiting to be sequenced.
 func (lg *Log) QueueLength() int64 { return lg.pending.Load() }
 
 func (lg *Log) stop() {
+	lg.closeMu.Lock()
+	lg.closed = true
 	close(lg.quit)
+	lg.closeMu.Unlock()
 	<-lg.done
 	close(lg.cpWake)
 	<-lg.cpDone
@@ -403,14 +431,24 @@ func (lg *Log) sequence() {
 		case r := <-lg.queue:
 			reqs = append(reqs, r)
 		case <-lg.quit:
-			// Build what is already queued, then stop.
+			// Nothing can be enqueued any more (see Append): build what is queued, then stop.
 			for {
-				select {
-				case r := <-lg.queue:
-					lg.commitQ <- lg.build([]*request{r})
-				default:
+				var rest []*request
+				n := 0
+			more:
+				for n < lg.l.cfg.MaxBatch {
+					select {
+					case r := <-lg.queue:
+						rest = append(rest, r)
+						n += len(r.items)
+					default:
+						break more
+					}
+				}
+				if len(rest) == 0 {
 					return
 				}
+				lg.commitQ <- lg.build(rest)
 			}
 		}
 		n := len(reqs[0].items)
@@ -441,13 +479,21 @@ func (lg *Log) build(reqs []*request) *built {
 		rec = lg.lastRecorded
 	}
 	recMonth := time.Unix(0, rec).UTC().Format("2006-01")
-	undone := false
+	// Ids older than this may already be forgotten: a retry of one cannot be recognised, so it is refused
+	// (Prepare checked the window when the request arrived; a request can wait in the queue since).
+	oldest := now.Add(-lg.l.cfg.DedupWindow - time.Minute)
+	var preps []*Prepared // parallel to batch.Entries
 	for _, r := range reqs {
 		r.res = make([]Receipt, len(r.items))
-		// Decide the whole request first: a conflict rejects all of it.
+		// Decide the whole request first: a conflict, within the request or with the log, rejects all of it.
+		var seen map[event.UUID][16]byte
 		for i, p := range r.items {
 			if !p.ev.IDGiven {
 				continue
+			}
+			if p.ev.ID.Time().Before(oldest) {
+				r.err = &event.Error{Event: i, ID: p.ev.ID.String(), Field: "/id", Reason: "the id's time fell out of the idempotency window while the request waited; retry with a fresh id"}
+				break
 			}
 			d, ok := lg.dedup[p.ev.ID]
 			if !ok {
@@ -457,10 +503,22 @@ func (lg *Log) build(reqs []*request) *built {
 				r.err = &ConflictError{Event: i, ID: p.ev.ID}
 				break
 			}
+			if k, dup := seen[p.ev.ID]; dup && k != p.contentKey {
+				r.err = &ConflictError{Event: i, ID: p.ev.ID}
+				break
+			}
+			if seen == nil {
+				seen = map[event.UUID][16]byte{}
+			}
+			seen[p.ev.ID] = p.contentKey
 		}
 		if r.err != nil {
 			continue
 		}
+		// Entries this request adds are the batch's tail from mark on, so an undo is a truncation.
+		mark := len(batch.Entries)
+		var added []event.UUID
+		sys, sysChanged := b.sysIndex, b.sysChanged
 		for i, p := range r.items {
 			if p.ev.IDGiven {
 				d, ok := lg.dedup[p.ev.ID]
@@ -482,8 +540,10 @@ func (lg *Log) build(reqs []*request) *built {
 			}
 			batch.Entries = append(batch.Entries, store.Entry{Index: idx, ID: p.ev.ID, Recorded: rec, Type: p.ev.Type,
 				Salt: p.salt, Sealed: p.sealed, ContentKey: p.contentKey})
+			preps = append(preps, p)
 			if p.ev.IDGiven {
 				pendingIDs[p.ev.ID] = dedupEntry{index: idx, key: p.contentKey}
+				added = append(added, p.ev.ID)
 			}
 			if p.ev.Spec.ServerOnly && (p.ev.Type == "system.registered" || p.ev.Type == "system.updated") {
 				b.sysIndex, b.sysChanged = idx, true
@@ -491,50 +551,22 @@ func (lg *Log) build(reqs []*request) *built {
 			r.res[i] = Receipt{ID: p.ev.ID, Index: idx}
 		}
 		if r.err != nil {
-			// Undo this request's entries: nothing of a rejected request is stored.
-			undone = true
-			keep := batch.Entries[:0]
-			for _, e := range batch.Entries {
-				if !inRequest(r, e.ID) {
-					keep = append(keep, e)
-				}
+			// Undo this request: nothing of a rejected request is stored.
+			batch.Entries, preps = batch.Entries[:mark], preps[:mark]
+			for _, id := range added {
+				delete(pendingIDs, id)
 			}
-			batch.Entries = keep
-			for _, p := range r.items {
-				delete(pendingIDs, p.ev.ID)
-			}
-		}
-	}
-	if undone {
-		// Indices shifted where a request was undone: renumber.
-		for i := range batch.Entries {
-			batch.Entries[i].Index = start + uint64(i)
-		}
-		renumber(reqs, batch)
-		for _, e := range batch.Entries {
-			if d, ok := pendingIDs[e.ID]; ok {
-				d.index = e.Index
-				pendingIDs[e.ID] = d
-			}
-		}
-		b.sysChanged = false
-		for _, e := range batch.Entries {
-			if e.Type == "system.registered" || e.Type == "system.updated" {
-				b.sysIndex, b.sysChanged = e.Index, true
-			}
+			b.sysIndex, b.sysChanged = sys, sysChanged
 		}
 	}
 	// Envelopes: one buffer for the batch; the digest continues the hash Prepare started over salt and head.
-	items := preparedOf(reqs)
 	size := 0
-	for _, e := range batch.Entries {
-		p := items[e.ID]
+	for _, p := range preps {
 		size += len(p.head) + len(p.tail) + 30
 	}
 	buf := make([]byte, 0, size)
 	for i := range batch.Entries {
-		e := &batch.Entries[i]
-		p := items[e.ID]
+		e, p := &batch.Entries[i], preps[i]
 		at := len(buf)
 		buf = append(buf, p.head...)
 		buf = event.AppendRecorded(buf, rec)
@@ -560,22 +592,6 @@ func (lg *Log) build(reqs []*request) *built {
 		lg.inflightMu.Unlock()
 	}
 	return b
-}
-
-// preparedOf maps event ids to their prepared events (the first of an id, which is the one appended).
-func preparedOf(reqs []*request) map[event.UUID]*Prepared {
-	m := map[event.UUID]*Prepared{}
-	for _, r := range reqs {
-		if r.err != nil {
-			continue
-		}
-		for _, p := range r.items {
-			if _, ok := m[p.ev.ID]; !ok {
-				m[p.ev.ID] = p
-			}
-		}
-	}
-	return m
 }
 
 // commit is the second stage: it makes built batches durable in order and acknowledges them.
@@ -617,33 +633,6 @@ func (lg *Log) commit() {
 			select {
 			case lg.followWake <- struct{}{}:
 			default:
-			}
-		}
-	}
-}
-
-func inRequest(r *request, id event.UUID) bool {
-	for _, p := range r.items {
-		if p.ev.ID == id {
-			return true
-		}
-	}
-	return false
-}
-
-// renumber fixes receipts after undone requests removed entries from the middle of a batch.
-func renumber(reqs []*request, b *store.Batch) {
-	pos := map[event.UUID]uint64{}
-	for _, e := range b.Entries {
-		pos[e.ID] = e.Index
-	}
-	for _, r := range reqs {
-		if r.err != nil {
-			continue
-		}
-		for i := range r.res {
-			if x, ok := pos[r.res[i].ID]; ok {
-				r.res[i].Index = x
 			}
 		}
 	}
@@ -760,10 +749,13 @@ func (lg *Log) publish() error {
 	if err != nil {
 		return err
 	}
-	// Serve it at once, then keep it. A checkpoint covers only entries that are already durable, so one lost
-	// in a crash before it was kept costs nothing: the restarted server signs the same tree again.
+	// Keep it before serving it: recovery refuses to truncate below the kept checkpoint, so a checkpoint anyone
+	// has seen is always one the store will defend.
+	if err := lg.store.SetCheckpoint(context.Background(), n, signed); err != nil {
+		return err
+	}
 	lg.published.Store(&publishedCheckpoint{size: n, note: signed, at: time.Now()})
-	return lg.store.SetCheckpoint(context.Background(), n, signed)
+	return nil
 }
 
 // Checkpoint returns the latest published signed checkpoint and its tree size (nil before the first).
