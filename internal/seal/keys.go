@@ -191,21 +191,9 @@ func (k *Keyring) load(id string) (*PeriodKey, error) {
 	if err != nil {
 		return nil, err
 	}
-	b, err := os.ReadFile(p)
+	key, err := k.readWrapped(p, id)
 	if err != nil {
 		return nil, err
-	}
-	var f keyFile
-	if err := json.Unmarshal(b, &f); err != nil || f.ID != id {
-		return nil, fmt.Errorf("period key file %s is damaged", p)
-	}
-	w, err := base64.StdEncoding.DecodeString(f.Wrapped)
-	if err != nil {
-		return nil, fmt.Errorf("period key file %s is damaged", p)
-	}
-	key, err := k.kek.Unwrap([]byte(id), w)
-	if err != nil {
-		return nil, fmt.Errorf("period key %s (wrapped by %s): %w", id, f.KEK, err)
 	}
 	defer clear(key)
 	aead, err := newGCM(key)
@@ -220,20 +208,11 @@ func (k *Keyring) create(id string) (*PeriodKey, error) {
 	if err != nil {
 		return nil, err
 	}
-	key := make([]byte, 32)
-	rand.Read(key)
-	defer clear(key)
-	w, err := k.kek.Wrap([]byte(id), key)
+	key, err := k.writeWrapped(p, id)
 	if err != nil {
 		return nil, err
 	}
-	b, _ := json.Marshal(keyFile{ID: id, KEK: k.kek.ID(), Wrapped: base64.StdEncoding.EncodeToString(w)})
-	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
-		return nil, err
-	}
-	if err := atomicfile.Write(p, b, 0o600); err != nil {
-		return nil, fmt.Errorf("create period key %s: %w", id, err)
-	}
+	defer clear(key)
 	aead, err := newGCM(key)
 	if err != nil {
 		return nil, err
@@ -251,19 +230,36 @@ func (k *Keyring) Secret(name string) ([]byte, error) {
 	defer k.mu.Unlock()
 	p := filepath.Join(k.dir, "_secrets", name+".key")
 	id := "_secrets/" + name
-	if b, err := os.ReadFile(p); err == nil {
-		var f keyFile
-		if err := json.Unmarshal(b, &f); err != nil || f.ID != id {
-			return nil, fmt.Errorf("secret file %s is damaged", p)
-		}
-		w, err := base64.StdEncoding.DecodeString(f.Wrapped)
-		if err != nil {
-			return nil, fmt.Errorf("secret file %s is damaged", p)
-		}
-		return k.kek.Unwrap([]byte(id), w)
-	} else if !errors.Is(err, fs.ErrNotExist) {
+	key, err := k.readWrapped(p, id)
+	if errors.Is(err, fs.ErrNotExist) {
+		return k.writeWrapped(p, id)
+	}
+	return key, err
+}
+
+// readWrapped reads a key file and unwraps its key with the KEK; the key file's id must be id.
+func (k *Keyring) readWrapped(path, id string) ([]byte, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
 		return nil, err
 	}
+	var f keyFile
+	if err := json.Unmarshal(b, &f); err != nil || f.ID != id {
+		return nil, fmt.Errorf("key file %s is damaged", path)
+	}
+	w, err := base64.StdEncoding.DecodeString(f.Wrapped)
+	if err != nil {
+		return nil, fmt.Errorf("key file %s is damaged", path)
+	}
+	key, err := k.kek.Unwrap([]byte(id), w)
+	if err != nil {
+		return nil, fmt.Errorf("key %s (wrapped by %s): %w", id, f.KEK, err)
+	}
+	return key, nil
+}
+
+// writeWrapped makes a new random key, stores it wrapped by the KEK durably at path, and returns it.
+func (k *Keyring) writeWrapped(path, id string) ([]byte, error) {
 	key := make([]byte, 32)
 	rand.Read(key)
 	w, err := k.kek.Wrap([]byte(id), key)
@@ -271,11 +267,11 @@ func (k *Keyring) Secret(name string) ([]byte, error) {
 		return nil, err
 	}
 	b, _ := json.Marshal(keyFile{ID: id, KEK: k.kek.ID(), Wrapped: base64.StdEncoding.EncodeToString(w)})
-	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, err
 	}
-	if err := atomicfile.Write(p, b, 0o600); err != nil {
-		return nil, fmt.Errorf("create secret %s: %w", name, err)
+	if err := atomicfile.Write(path, b, 0o600); err != nil {
+		return nil, fmt.Errorf("create key %s: %w", id, err)
 	}
 	return key, nil
 }
