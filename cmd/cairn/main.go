@@ -15,7 +15,8 @@ Usage:
   cairn system  apply -f FILE [--url URL] [--token-file F]     register or update an AI system (YAML or JSON)
   cairn verify  --data DIR [--full] [--state FILE]             verify a stopped store offline
   cairn verify  --url URL --system S --vkey KEY [--state F]    verify a remote log through its tiles
-  cairn reindex --data DIR                                     rebuild the query index from the segments
+  cairn reindex --data DIR                                     rebuild tree hashes and the query index from the segments
+  cairn migrate --store postgres://…                           create or upgrade the PostgreSQL store's schema
   cairn token   create --data DIR --principal P --role R ...   create an API token
   cairn bench   [flags]                                        measure ingest, proofs and storage
   cairn version
@@ -40,6 +41,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		"system":  cmdSystem,
 		"verify":  cmdVerify,
 		"reindex": cmdReindex,
+		"migrate": cmdMigrate,
 		"token":   cmdToken,
 		"bench":   cmdBench,
 		"version": func([]string, io.Writer, io.Writer) error { fmt.Fprintln(stdout, "cairn", version); return nil },

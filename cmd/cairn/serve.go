@@ -21,7 +21,9 @@ import (
 	"github.com/cairn-ai/cairn/internal/atomicfile"
 	"github.com/cairn-ai/cairn/internal/ledger"
 	"github.com/cairn-ai/cairn/internal/seal"
+	"github.com/cairn-ai/cairn/internal/store"
 	"github.com/cairn-ai/cairn/internal/store/local"
+	"github.com/cairn-ai/cairn/internal/store/pg"
 )
 
 func cmdServe(args []string, stdout, stderr io.Writer) error {
@@ -40,6 +42,8 @@ func cmdServe(args []string, stdout, stderr io.Writer) error {
 	tlsKey := fs.String("tls-key", "", "TLS private key file (PEM)")
 	clientCA := fs.String("client-ca", "", "require client certificates signed by this CA (PEM): mutual TLS")
 	insecure := fs.Bool("insecure", false, "allow plaintext HTTP on a non-loopback address")
+	keyringDir := fs.String("keyring", os.Getenv("CAIRN_KEYRING"), "directory of the KEK-wrapped period keys (env CAIRN_KEYRING; default DATA/keys/periods); nodes sharing a PostgreSQL store must share it")
+	storeURL := fs.String("store", os.Getenv("CAIRN_STORE"), "keep the logs in PostgreSQL (postgres://…; env CAIRN_STORE) instead of DATA/logs; run 'cairn migrate' first")
 	if err := fs.Parse(args); err != nil {
 		return errUsage
 	}
@@ -100,15 +104,24 @@ func cmdServe(args []string, stdout, stderr io.Writer) error {
 	if skNew || kekNew {
 		fmt.Fprintln(stdout, "in production keep the signing key and the KEK outside the data directory (--signing-key, --kek)")
 	}
-	keys, err := seal.OpenKeyring(p.keyring(), kek)
-	if err != nil {
-		return err
+	kr := p.keyring()
+	if *keyringDir != "" {
+		kr = *keyringDir
 	}
-	st, err := local.Open(p.data, local.Options{Logger: logger})
+	keys, err := seal.OpenKeyring(kr, kek)
 	if err != nil {
 		return err
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	var st store.Store
+	if *storeURL != "" {
+		st, err = pg.Open(ctx, *storeURL, pg.Options{Logger: logger})
+	} else {
+		st, err = local.Open(p.data, local.Options{Logger: logger})
+	}
+	if err != nil {
+		return err
+	}
 	defer stop()
 	l, err := ledger.Open(ctx, ledger.Config{Origin: cfg.Origin, CheckpointInterval: *cpInterval, DedupWindow: *dedup, Logger: logger}, st, keys, sk)
 	if err != nil {

@@ -134,13 +134,21 @@ func (l *Ledger) open(ctx context.Context, name string) (*Log, error) {
 }
 
 // Log returns the log of a system.
-func (l *Ledger) Log(system string) (*Log, error) {
+func (l *Ledger) Log(sys string) (*Log, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if lg := l.logs[system]; lg != nil {
+	if lg := l.logs[sys]; lg != nil {
 		return lg, nil
 	}
-	return nil, ErrUnknownSystem
+	if l.closed || !system.ValidID(sys) {
+		return nil, ErrUnknownSystem
+	}
+	// Another node may have created it since this one started.
+	lg, err := l.open(context.Background(), sys)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, ErrUnknownSystem
+	}
+	return lg, err
 }
 
 // Systems lists the logs' names.

@@ -80,6 +80,9 @@ type Log struct {
 
 	// sequencer state (runs ahead of what is durable)
 	next         uint64 // index of the next entry to build
+	epoch        int64  // bumped when the sequencer catches up after a lost race
+	staleEpoch   atomic.Int64
+	shared       bool // the store may be appended to by other processes (several nodes)
 	lastRecorded int64
 	dedup        map[event.UUID]dedupEntry
 	dedupOrder   []event.UUID // ids in insertion order, for expiry; entries before dedupHead are expired
@@ -127,6 +130,9 @@ func newLog(ctx context.Context, l *Ledger, name string, sl store.Log) (*Log, er
 		dedup:  map[event.UUID]dedupEntry{},
 		cpWake: make(chan struct{}, 1), cpDone: make(chan struct{}),
 		followWake: make(chan struct{}, 1),
+	}
+	if sh, ok := sl.(store.Shared); ok && sh.Shared() {
+		lg.shared = true
 	}
 	n := sl.Size()
 	root, err := tlog.TreeHash(int64(n), sl)
@@ -415,6 +421,7 @@ func (lg *Log) stop() {
 
 // built is a batch made ready by the sequencer.
 type built struct {
+	epoch      int64 // the sequencer's epoch when it built the batch
 	reqs       []*request
 	batch      *store.Batch
 	sysIndex   uint64
@@ -468,10 +475,11 @@ func (lg *Log) sequence() {
 
 // build decides and encodes one batch on the sequencer's (speculative) state.
 func (lg *Log) build(reqs []*request) *built {
+	lg.catchUp()
 	now := lg.l.cfg.Now()
 	lg.expireDedup(now)
 	start := lg.next
-	b := &built{reqs: reqs, batch: &store.Batch{Start: start}}
+	b := &built{epoch: lg.epoch, reqs: reqs, batch: &store.Batch{Start: start}}
 	batch := b.batch
 	pendingIDs := map[event.UUID]dedupEntry{}
 	rec := now.UnixNano()
@@ -594,6 +602,85 @@ func (lg *Log) build(reqs []*request) *built {
 	return b
 }
 
+// errStaleRetry answers requests whose batch lost a race with another node: they were not stored and can be
+// retried at once.
+var errStaleRetry = fmt.Errorf("%w: another node appended to this log first; retry", ErrBusy)
+
+// catchUp brings the sequencer's state up to the store when the store holds entries this process did not
+// build (another node appended), or after a batch lost such a race. It waits until nothing is in flight.
+func (lg *Log) catchUp() {
+	stale := lg.epoch < lg.staleEpoch.Load()
+	if !stale && !lg.shared {
+		return
+	}
+	for {
+		lg.inflightMu.Lock()
+		idle := len(lg.inflight) == 0
+		lg.inflightMu.Unlock()
+		if idle {
+			break
+		}
+		if !stale {
+			return // batches in flight: the committer will tell if they lose a race
+		}
+		time.Sleep(100 * time.Microsecond)
+	}
+	durable, _ := lg.Tree()
+	n := lg.store.Size()
+	if !stale && n == lg.next {
+		return
+	}
+	ctx := context.Background()
+	err := func() error {
+		if n < durable {
+			return fmt.Errorf("%w: the store holds %d entries, %d were acknowledged", store.ErrCorrupt, n, durable)
+		}
+		// Forget what was only speculated, then learn what the store holds beyond our durable size.
+		for id, d := range lg.dedup {
+			if d.index >= durable {
+				delete(lg.dedup, id)
+			}
+		}
+		sys, sysChanged := uint64(0), false
+		err := lg.store.Entries(ctx, durable, n, func(e *store.Entry) error {
+			if e.ContentKey != ([16]byte{}) {
+				lg.remember(e.ID, dedupEntry{index: e.Index, key: e.ContentKey})
+			}
+			lg.lastRecorded = max(lg.lastRecorded, e.Recorded)
+			if e.Type == "system.registered" || e.Type == "system.updated" {
+				sys, sysChanged = e.Index, true
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		root, err := tlog.TreeHash(int64(n), lg.store)
+		if err != nil {
+			return err
+		}
+		lg.treeMu.Lock()
+		if n >= lg.treeSize {
+			lg.treeSize, lg.treeRoot = n, root
+		}
+		lg.treeMu.Unlock()
+		if sysChanged {
+			return lg.setDefinitionFrom(ctx, sys)
+		}
+		return nil
+	}()
+	if err != nil {
+		lg.broken.CompareAndSwap(nil, &err)
+		lg.l.cfg.Logger.Error("catch up with the store", "system", lg.name, "err", err)
+		return
+	}
+	lg.next = n
+	lg.epoch = lg.staleEpoch.Load()
+	if n > durable {
+		lg.wakeCheckpointer()
+	}
+}
+
 // commit is the second stage: it makes built batches durable in order and acknowledges them.
 func (lg *Log) commit() {
 	defer close(lg.done)
@@ -602,8 +689,15 @@ func (lg *Log) commit() {
 		var err error
 		if p := lg.broken.Load(); p != nil {
 			err = fmt.Errorf("log is stopped after an earlier failure: %w", *p)
+		} else if b.epoch < lg.staleEpoch.Load() {
+			err = errStaleRetry // built on a batch that lost a race with another node
 		} else if len(b.batch.Entries) > 0 {
-			if err = lg.appendBatch(ctx, b.batch); err != nil {
+			if err = lg.appendBatch(ctx, b.batch); errors.Is(err, store.ErrStale) {
+				// Another node appended first. Fail this batch and everything built on it; the sequencer catches
+				// up with the store before it builds again, and clients retry (their ids make that safe).
+				lg.staleEpoch.Store(b.epoch + 1)
+				err = errStaleRetry
+			} else if err != nil {
 				// What the sequencer built on this batch can no longer be made durable: stop the log.
 				lg.broken.CompareAndSwap(nil, &err)
 			}

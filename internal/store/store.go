@@ -100,3 +100,10 @@ type Log interface {
 	Checkpoints(ctx context.Context, fn func(n uint64, note []byte) error) error
 	Close() error
 }
+
+// Shared is implemented by logs that other processes may append to (several nodes over one database). A ledger
+// over a shared log checks the store's size before it builds a batch and catches up with what others appended;
+// Append answers ErrStale when another writer got there first.
+type Shared interface {
+	Shared() bool
+}

@@ -267,6 +267,9 @@ func (l *Log) Size() uint64 {
 //
 // When the connection fails during COMMIT, the outcome is unknown to PostgreSQL's client; Append then reads the
 // log back and returns nil if the batch is there (the same entries, by id, at the same indices).
+// Shared reports that other nodes may append to this log (store.Shared).
+func (l *Log) Shared() bool { return true }
+
 func (l *Log) Append(ctx context.Context, b *store.Batch) error {
 	end := b.Start + uint64(len(b.Entries))
 	tx, err := l.s.pool.Begin(ctx)
