@@ -34,10 +34,12 @@ type Envelope struct {
 	Refs       []UUID
 	Attrs      []byte // canonical object or nil
 	Payload    *PayloadRef
+	// Policy is the version of the field policy that shaped the payload, when one did.
+	Policy string
 }
 
 // The canonical envelope's members, in RFC 8785 order:
-// actor, attrs, deployment, id, model, payload, recorded, refs, system, time, type, v.
+// actor, attrs, deployment, id, model, payload, policy, recorded, refs, system, time, type, v.
 // "recorded" is stamped by the sequencer, so the encoding is split around it: the head ends just before the
 // recorded value and the tail starts just after it. head + FormatRecorded(r) + tail is the canonical envelope.
 
@@ -79,6 +81,10 @@ func (e *Envelope) AppendHead(dst []byte) []byte {
 		dst = append(dst, `","size":`...)
 		dst = strconv.AppendInt(dst, int64(p.Size), 10)
 		dst = append(dst, '}')
+	}
+	if e.Policy != "" {
+		dst = append(dst, `,"policy":`...)
+		dst = canon.AppendString(dst, e.Policy)
 	}
 	return append(dst, `,"recorded":"`...)
 }
@@ -209,6 +215,7 @@ type Stored struct {
 	ID         string         `json:"id"`
 	Model      *Model         `json:"model,omitzero"`
 	Payload    *StoredPayload `json:"payload,omitzero"`
+	Policy     string         `json:"policy,omitzero"`
 	Recorded   string         `json:"recorded"`
 	Refs       []string       `json:"refs,omitzero"`
 	System     string         `json:"system"`

@@ -4,10 +4,12 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"hash"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -16,6 +18,7 @@ import (
 	"golang.org/x/mod/sumdb/tlog"
 
 	"github.com/cairn-ai/cairn/internal/event"
+	"github.com/cairn-ai/cairn/internal/pseudo"
 	"github.com/cairn-ai/cairn/internal/seal"
 	"github.com/cairn-ai/cairn/internal/store"
 	"github.com/cairn-ai/cairn/internal/system"
@@ -42,6 +45,14 @@ type Prepared struct {
 	digest     hash.Hash // SHA-256 over salt and head; the sequencer adds the recorded time and the tail
 }
 
+// pseudoKeys gives the field policy its pseudonymisation domain keys, kept in the keyring wrapped by the KEK.
+type pseudoKeys struct{ keys *seal.Keyring }
+
+func (k pseudoKeys) DomainKey(domain string) ([]byte, error) {
+	h := sha256.Sum256([]byte(domain))
+	return k.keys.Secret("pseudo-" + hex.EncodeToString(h[:12]))
+}
+
 // ID returns the event's id.
 func (p *Prepared) ID() event.UUID { return p.ev.ID }
 
@@ -50,6 +61,8 @@ type CurrentDefinition struct {
 	*system.Definition
 	Canonical []byte
 	Index     uint64
+	// Policy is the parsed field policy, or nil when the definition has none.
+	Policy *pseudo.Policy
 }
 
 type request struct {
@@ -219,7 +232,13 @@ func (lg *Log) setDefinitionFrom(ctx context.Context, index uint64) error {
 	if err != nil {
 		return fmt.Errorf("system definition at %d: %w", index, err)
 	}
-	lg.def.Store(&CurrentDefinition{Definition: d, Canonical: c, Index: index})
+	cd := &CurrentDefinition{Definition: d, Canonical: c, Index: index}
+	if len(d.FieldPolicy) > 0 {
+		if cd.Policy, err = pseudo.Parse(d.FieldPolicy); err != nil {
+			return fmt.Errorf("field policy at %d: %w", index, err)
+		}
+	}
+	lg.def.Store(cd)
 	return nil
 }
 
@@ -289,6 +308,19 @@ func (lg *Log) Prepare(ev *event.Event, actor string) (*Prepared, error) {
 	p.env = event.Envelope{
 		ID: ev.ID, System: lg.name, Type: ev.Type, Time: ev.Time, Actor: actor, Model: ev.Model,
 		Deployment: ev.Deployment, Refs: ev.Refs, Attrs: ev.Attrs,
+	}
+	// Pseudonymise before anything is sealed or written: the payload that leaves Prepare is the policy's.
+	if d := lg.Definition(); d != nil && d.Policy != nil && ev.Payload != nil && !ev.Spec.ServerOnly {
+		out, err := d.Policy.Apply(make([]byte, 0, len(ev.Payload)), ev.Payload, pseudoKeys{lg.l.keys})
+		if err != nil {
+			var fe *pseudo.FieldError
+			if errors.As(err, &fe) {
+				return nil, &event.Error{Field: "/payload/" + strings.ReplaceAll(fe.Path, ".", "/"), Reason: fe.Reason + " (the field policy requires it)"}
+			}
+			return nil, fmt.Errorf("field policy: %w", err)
+		}
+		ev.Payload = out
+		p.env.Policy = d.Policy.Version
 	}
 	if ev.IDGiven {
 		p.contentKey = lg.l.contentKey(ev.Canonical)

@@ -102,10 +102,11 @@ var ErrDestroyed = errors.New("period key destroyed")
 
 // Keyring keeps period keys, each in its own file wrapped by the KEK. It is safe for concurrent use.
 type Keyring struct {
-	dir string
-	kek KEK
-	mu  sync.Mutex
-	m   map[string]*PeriodKey
+	dir     string
+	kek     KEK
+	mu      sync.Mutex
+	m       map[string]*PeriodKey
+	secrets map[string][]byte
 }
 
 // OpenKeyring opens (creating if needed) a keyring directory.
@@ -113,7 +114,7 @@ func OpenKeyring(dir string, kek KEK) (*Keyring, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("keyring: %w", err)
 	}
-	return &Keyring{dir: dir, kek: kek, m: map[string]*PeriodKey{}}, nil
+	return &Keyring{dir: dir, kek: kek, m: map[string]*PeriodKey{}, secrets: map[string][]byte{}}, nil
 }
 
 var slug = regexp.MustCompile(`^[a-z0-9_][a-z0-9_-]{0,63}$`)
@@ -228,13 +229,20 @@ func (k *Keyring) Secret(name string) ([]byte, error) {
 	}
 	k.mu.Lock()
 	defer k.mu.Unlock()
+	if key, ok := k.secrets[name]; ok {
+		return key, nil
+	}
 	p := filepath.Join(k.dir, "_secrets", name+".key")
 	id := "_secrets/" + name
 	key, err := k.readWrapped(p, id)
 	if errors.Is(err, fs.ErrNotExist) {
-		return k.writeWrapped(p, id)
+		key, err = k.writeWrapped(p, id)
 	}
-	return key, err
+	if err != nil {
+		return nil, err
+	}
+	k.secrets[name] = key
+	return key, nil
 }
 
 // readWrapped reads a key file and unwraps its key with the KEK; the key file's id must be id.

@@ -19,6 +19,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/cairn-ai/cairn/internal/canon"
+	"github.com/cairn-ai/cairn/internal/pseudo"
 )
 
 // Definition is an AI system's definition. Unknown members are rejected.
@@ -87,6 +88,23 @@ func Parse(b []byte) (*Definition, []byte, error) {
 	}
 	if !ValidID(d.ID) || d.ID[0] == '_' {
 		return nil, nil, &FieldError{Field: "/id", Reason: "must be a lowercase slug: a-z, 0-9, '-', '_', at most 64, not starting with '_'"}
+	}
+	if len(d.FieldPolicy) > 0 {
+		pol, err := pseudo.Parse(d.FieldPolicy)
+		if err != nil {
+			var pe *pseudo.PolicyError
+			var ce *canon.Error
+			switch {
+			case errors.As(err, &pe):
+				return nil, nil, &FieldError{Field: "/field_policy" + pe.Path, Reason: pe.Reason}
+			case errors.As(err, &ce):
+				return nil, nil, &FieldError{Field: "/field_policy" + ce.Path, Reason: ce.Reason}
+			}
+			return nil, nil, &FieldError{Field: "/field_policy", Reason: err.Error()}
+		}
+		if pol.NeedsVault() {
+			return nil, nil, &FieldError{Field: "/field_policy", Reason: "the vault action needs the token vault, which this version does not have yet"}
+		}
 	}
 	for name, v := range map[string]jsontext.Value{
 		"/provider_info": d.ProviderInfo, "/field_policy": d.FieldPolicy, "/retention": d.Retention,

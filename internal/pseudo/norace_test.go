@@ -1,0 +1,5 @@
+//go:build !race
+
+package pseudo
+
+const raceEnabled = false
