@@ -18,6 +18,7 @@ Usage:
   cairn reindex --data DIR                                     rebuild tree hashes and the query index from the segments
   cairn migrate --store postgres://…                           create or upgrade the PostgreSQL store's schema
   cairn token   create --data DIR --principal P --role R ...   create an API token
+  cairn token   list --data DIR | revoke --data DIR ID         list or revoke API tokens
   cairn bench   [flags]                                        measure ingest, proofs and storage
   cairn version
 

@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net/http"
 	"slices"
 	"strconv"
@@ -24,6 +25,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	jsonv2 "github.com/go-json-experiment/json"
 	"golang.org/x/mod/sumdb/tlog"
 
 	"github.com/cairn-ai/cairn/internal/event"
@@ -42,7 +44,15 @@ type Config struct {
 	Limits event.Limits
 	// OpenEntries serves entry bundles without a token (they reveal ids, types and times, not content).
 	OpenEntries bool
-	Logger      *slog.Logger
+	// AuthFailures is how many failed authentications one client address may make at once, and then per minute,
+	// before it is answered 429 (default 20; negative: no limit). Requests with a valid token are never limited,
+	// nor are loopback clients: behind a reverse proxy on the same host every client would share one address, and
+	// one of them failing would lock out all (rate-limit at the proxy instead).
+	AuthFailures int
+	// AuthFailureAddrs bounds how many client addresses the failure limit tracks (default 10000); the least
+	// recently failing address is forgotten first.
+	AuthFailureAddrs int
+	Logger           *slog.Logger
 }
 
 // Server is the HTTP API.
@@ -56,6 +66,8 @@ type Server struct {
 	appended  atomic.Int64
 	rejected  atomic.Int64
 	authFails atomic.Int64
+	limited   atomic.Int64
+	failures  *failLimiter // nil: no limit
 	bufs      sync.Pool
 }
 
@@ -78,7 +90,16 @@ func New(cfg Config, l *ledger.Ledger, t *Tokens, idx Index) *Server {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	if cfg.AuthFailures == 0 {
+		cfg.AuthFailures = 20
+	}
+	if cfg.AuthFailureAddrs <= 0 {
+		cfg.AuthFailureAddrs = 10000
+	}
 	s := &Server{cfg: cfg, ledger: l, tokens: t, index: idx, mux: http.NewServeMux()}
+	if cfg.AuthFailures > 0 {
+		s.failures = newFailLimiter(cfg.AuthFailures, cfg.AuthFailureAddrs)
+	}
 	s.bufs.New = func() any { return new(bytes.Buffer) }
 	m := routeRecorder{s.mux}
 	m.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
@@ -99,6 +120,9 @@ func New(cfg Config, l *ledger.Ledger, t *Tokens, idx Index) *Server {
 	m.HandleFunc("GET /v1/systems/{system}/events/{ref}", s.getEvent)
 	m.HandleFunc("GET /v1/systems/{system}/proofs/inclusion", s.inclusion)
 	m.HandleFunc("GET /v1/systems/{system}/proofs/consistency", s.consistency)
+	m.HandleFunc("POST /v1/tokens", s.createToken)
+	m.HandleFunc("GET /v1/tokens", s.listTokens)
+	m.HandleFunc("DELETE /v1/tokens/{id}", s.revokeToken)
 	return s
 }
 
@@ -116,17 +140,40 @@ func (r routeRecorder) HandleFunc(pattern string, h func(http.ResponseWriter, *h
 
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
 
-// authorize returns the caller if it holds role for system; otherwise it answers 401/403 and returns nil.
+// authorize returns the caller if it holds role for system; otherwise it answers 401/403 and returns nil. A
+// missing, unknown, revoked or expired token gets the same 401, or 429 once the client address has failed too often.
 func (s *Server) authorize(w http.ResponseWriter, r *http.Request, role, system string) *Principal {
 	tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	p := s.tokens.Authenticate(strings.TrimSpace(tok))
-	if !ok || p == nil {
+	var p *Principal
+	if ok {
+		p = s.tokens.Authenticate(strings.TrimSpace(tok))
+	}
+	if p == nil {
 		s.authFails.Add(1)
+		if addr, loopback := clientAddr(r.RemoteAddr); s.failures != nil && !loopback {
+			if wait := s.failures.fail(addr); wait > 0 {
+				s.limited.Add(1)
+				w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(wait.Seconds()))))
+				writeProblem(w, Problem{Status: http.StatusTooManyRequests, Detail: "too many failed authentications from this address; retry later"})
+				return nil
+			}
+		}
 		w.Header().Set("WWW-Authenticate", `Bearer realm="cairn"`)
 		writeProblem(w, Problem{Status: http.StatusUnauthorized, Detail: "a valid bearer token is required"})
 		return nil
 	}
 	if !p.Can(role, system) {
+		writeProblem(w, Problem{Status: http.StatusForbidden, Detail: "this token does not allow that"})
+		return nil
+	}
+	return p
+}
+
+// authorizeEverywhere is authorize for actions that reach beyond any one system, such as token administration:
+// a token limited to some systems may not take them, whatever its role.
+func (s *Server) authorizeEverywhere(w http.ResponseWriter, r *http.Request, role string) *Principal {
+	p := s.authorize(w, r, role, "")
+	if p != nil && len(p.Systems) > 0 {
 		writeProblem(w, Problem{Status: http.StatusForbidden, Detail: "this token does not allow that"})
 		return nil
 	}
@@ -641,6 +688,105 @@ func hashes[H ~[]tlog.Hash](hs H) []string {
 	return out
 }
 
+// --- tokens ---
+
+// TokenRequest asks for a new token. ExpiresIn is a Go duration ("720h"); absent, the token does not expire.
+type TokenRequest struct {
+	Principal string   `json:"principal"`
+	Roles     []string `json:"roles"`
+	Systems   []string `json:"systems,omitempty"`
+	ExpiresIn string   `json:"expires_in,omitempty"`
+}
+
+// TokenCreated answers a token request: the token, shown this once, and its description.
+type TokenCreated struct {
+	Token string `json:"token"`
+	TokenInfo
+}
+
+// TokenListItem describes a token and whether it authenticates now.
+type TokenListItem struct {
+	TokenInfo
+	State string `json:"state"`
+}
+
+func (s *Server) createToken(w http.ResponseWriter, r *http.Request) {
+	if s.authorizeEverywhere(w, r, RoleAdmin) == nil {
+		return
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 64<<10))
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	var req TokenRequest
+	if err := jsonv2.Unmarshal(body, &req, jsonv2.RejectUnknownMembers(true)); err != nil {
+		field := ""
+		var se *jsonv2.SemanticError
+		if errors.As(err, &se) {
+			field = string(se.JSONPointer)
+		}
+		invalidToken(w, &TokenFieldError{Field: field, Reason: "malformed request: want {principal, roles, systems, expires_in}"})
+		return
+	}
+	var ttl time.Duration
+	if req.ExpiresIn != "" {
+		if ttl, err = time.ParseDuration(req.ExpiresIn); err != nil || ttl <= 0 {
+			invalidToken(w, &TokenFieldError{Field: "/expires_in", Reason: "a positive duration such as 720h"})
+			return
+		}
+	}
+	tok, ti, err := s.tokens.Issue(Principal{Name: req.Principal, Roles: req.Roles, Systems: req.Systems}, ttl)
+	var fe *TokenFieldError
+	if errors.As(err, &fe) {
+		invalidToken(w, fe)
+		return
+	}
+	if err != nil {
+		s.cfg.Logger.Error("create token", "err", err)
+		writeError(w, err)
+		return
+	}
+	s.cfg.Logger.Info("token created", "id", ti.ID, "roles", ti.Roles)
+	writeJSON(w, http.StatusCreated, TokenCreated{Token: tok, TokenInfo: ti})
+}
+
+func invalidToken(w http.ResponseWriter, fe *TokenFieldError) {
+	writeProblem(w, Problem{Type: "https://cairn.dev/problems/invalid-token-request", Title: "Invalid token request", Status: http.StatusUnprocessableEntity,
+		Detail: fe.Error(), Errors: []ProblemField{{Field: fe.Field, Reason: fe.Reason}}})
+}
+
+func (s *Server) listTokens(w http.ResponseWriter, r *http.Request) {
+	if s.authorizeEverywhere(w, r, RoleAdmin) == nil {
+		return
+	}
+	now := time.Now()
+	out := []TokenListItem{}
+	for _, ti := range s.tokens.List() {
+		out = append(out, TokenListItem{TokenInfo: ti, State: ti.State(now)})
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"tokens": out})
+}
+
+func (s *Server) revokeToken(w http.ResponseWriter, r *http.Request) {
+	if s.authorizeEverywhere(w, r, RoleAdmin) == nil {
+		return
+	}
+	ti, err := s.tokens.Revoke(r.PathValue("id"))
+	switch {
+	case errors.Is(err, ErrUnknownToken):
+		writeProblem(w, Problem{Status: http.StatusNotFound, Detail: err.Error()})
+	case errors.Is(err, ErrLastAdmin):
+		writeProblem(w, Problem{Type: "https://cairn.dev/problems/last-admin", Title: "Last admin token", Status: http.StatusConflict, Detail: err.Error()})
+	case err != nil:
+		s.cfg.Logger.Error("revoke token", "err", err)
+		writeError(w, err)
+	default:
+		s.cfg.Logger.Info("token revoked", "id", ti.ID)
+		w.WriteHeader(http.StatusNoContent)
+	}
+}
+
 // --- metrics ---
 
 func (s *Server) metrics(w http.ResponseWriter, r *http.Request) {
@@ -649,6 +795,7 @@ func (s *Server) metrics(w http.ResponseWriter, r *http.Request) {
 	fmt.Fprintf(&b, "# HELP cairn_events_appended_total Events acknowledged through the API.\n# TYPE cairn_events_appended_total counter\ncairn_events_appended_total %d\n", s.appended.Load())
 	fmt.Fprintf(&b, "# HELP cairn_requests_rejected_total Ingest requests rejected as invalid.\n# TYPE cairn_requests_rejected_total counter\ncairn_requests_rejected_total %d\n", s.rejected.Load())
 	fmt.Fprintf(&b, "# HELP cairn_auth_failures_total Requests with a missing or unknown token.\n# TYPE cairn_auth_failures_total counter\ncairn_auth_failures_total %d\n", s.authFails.Load())
+	fmt.Fprintf(&b, "# HELP cairn_auth_limited_total Failed authentications answered 429 because their address failed too often.\n# TYPE cairn_auth_limited_total counter\ncairn_auth_limited_total %d\n", s.limited.Load())
 	b.WriteString("# HELP cairn_log_size Entries in each log.\n# TYPE cairn_log_size gauge\n")
 	systems := s.ledger.Systems()
 	for _, name := range systems {

@@ -1,0 +1,244 @@
+package api
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cairn-ai/cairn/internal/index"
+	"github.com/cairn-ai/cairn/internal/ledger"
+	"github.com/cairn-ai/cairn/internal/seal"
+	"github.com/cairn-ai/cairn/internal/store/local"
+)
+
+// testServer is a server on a fresh data directory with the system "credit" registered and one event in it,
+// followed by the query index.
+type testServer struct {
+	*Server
+	srv    *httptest.Server
+	tokens *Tokens
+	path   string // of the token file
+	root   string // an unscoped admin token
+}
+
+func newTestServer(t *testing.T, cfg Config) *testServer {
+	t.Helper()
+	dir := t.TempDir()
+	k := make([]byte, 32)
+	rand.Read(k)
+	kek, _ := seal.NewKEK(k)
+	keys, _ := seal.OpenKeyring(filepath.Join(dir, "keys"), kek)
+	_, sk, _ := ed25519.GenerateKey(rand.Reader)
+	st, err := local.Open(dir, local.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := ledger.Open(context.Background(), ledger.Config{Origin: "test.example", CheckpointInterval: 5 * time.Millisecond}, st, keys, sk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	x, err := index.Open(filepath.Join(dir, "index.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := &testServer{path: filepath.Join(dir, "tokens.json")}
+	if ts.tokens, err = LoadTokens(ts.path); err != nil {
+		t.Fatal(err)
+	}
+	ts.root = ts.token(t, "root", RoleAdmin, "")
+	ts.Server = New(cfg, l, ts.tokens, LedgerIndex(x, l))
+	ts.srv = httptest.NewServer(ts.Server)
+	t.Cleanup(ts.srv.Close)
+	ts.do(t, "POST", "/v1/systems", ts.root, credit, 201)
+	lg, _ := l.Log("credit")
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { x.Follow(ctx, "credit", lg.Store(), lg.Committed()); close(done) }()
+	t.Cleanup(func() { cancel(); <-done; x.Close() })
+	ts.do(t, "POST", "/v1/systems/credit/events", ts.root, event1, 200)
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(2 * time.Millisecond) {
+		if _, n := lg.Checkpoint(); n >= 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no checkpoint")
+		}
+	}
+	return ts
+}
+
+const (
+	credit = `{"id":"credit","name":"Credit","intended_purpose":"scoring","provider":"Acme"}`
+	event1 = `[{"type":"inference","model":{"name":"m","version":"1"},"payload":{"output":1}}]`
+)
+
+// token creates a token with one role ("" for none) limited to system ("" for every system).
+func (ts *testServer) token(t *testing.T, name, role, system string) string {
+	t.Helper()
+	p := Principal{Name: name, Roles: []string{role}}
+	if system != "" {
+		p.Systems = []string{system}
+	}
+	tok, err := ts.tokens.Create(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok
+}
+
+// call makes a request and returns the status, the body and the response.
+func (ts *testServer) call(t *testing.T, method, path, token, body string) (int, string, *http.Response) {
+	t.Helper()
+	req, _ := http.NewRequest(method, ts.srv.URL+path, strings.NewReader(body))
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), resp
+}
+
+func (ts *testServer) do(t *testing.T, method, path, token, body string, want int) string {
+	t.Helper()
+	got, b, _ := ts.call(t, method, path, token, body)
+	if got != want {
+		t.Fatalf("%s %s = %d %s, want %d", method, path, got, b, want)
+	}
+	return b
+}
+
+// access is who may use a route.
+type access struct {
+	role   string // "": open to anyone without a token
+	scoped bool   // the route acts on the system in its path; a token limited to other systems is refused
+	global bool   // the route acts beyond any one system; a token limited to some systems is refused
+}
+
+// matrixCase is one request to a route.
+type matrixCase struct {
+	access
+	method string
+	// path and body build the request; path may set up what the request needs (a token to revoke).
+	path func(t *testing.T, ts *testServer) string
+	body string
+	// invalid: the request is malformed, so a caller who is allowed gets a 4xx (not 401 or 403) instead of a 2xx.
+	invalid bool
+}
+
+func fixed(p string) func(*testing.T, *testServer) string {
+	return func(*testing.T, *testServer) string { return p }
+}
+
+var (
+	open    = access{}
+	auditor = access{role: RoleAuditor, scoped: true}
+)
+
+// matrix has at least one case for every route the server registers. The system in paths is "credit".
+var matrix = map[string][]matrixCase{
+	"GET /healthz":                  {{access: open, path: fixed("/healthz")}},
+	"GET /readyz":                   {{access: open, path: fixed("/readyz")}},
+	"GET /metrics":                  {{access: open, path: fixed("/metrics")}},
+	"GET /openapi.yaml":             {{access: open, path: fixed("/openapi.yaml")}},
+	"GET /logs/{system}/checkpoint": {{access: open, path: fixed("/logs/credit/checkpoint")}},
+	"GET /logs/{system}/vkey":       {{access: open, path: fixed("/logs/credit/vkey")}},
+	"GET /logs/{system}/tile/{path...}": {
+		{access: open, path: fixed("/logs/credit/tile/0/000.p/2")},
+		{access: auditor, path: fixed("/logs/credit/tile/entries/000.p/2")},
+	},
+	"POST /v1/systems":                 {{access: access{role: RoleAdmin}, body: credit, path: fixed("/v1/systems")}},
+	"GET /v1/systems":                  {{access: access{role: RoleAuditor}, path: fixed("/v1/systems")}},
+	"GET /v1/systems/{system}":         {{access: auditor, path: fixed("/v1/systems/credit")}},
+	"POST /v1/systems/{system}/events": {{access: access{role: RoleIngest, scoped: true}, body: event1, path: fixed("/v1/systems/credit/events")}},
+	"GET /v1/systems/{system}/events": {
+		{access: auditor, path: fixed("/v1/systems/credit/events?type=inference")},
+		{access: auditor, path: fixed("/v1/systems/credit/events?limit=0"), invalid: true},
+	},
+	"GET /v1/systems/{system}/events/{ref}":       {{access: auditor, path: fixed("/v1/systems/credit/events/1")}},
+	"GET /v1/systems/{system}/proofs/inclusion":   {{access: auditor, path: fixed("/v1/systems/credit/proofs/inclusion?index=1&size=2")}},
+	"GET /v1/systems/{system}/proofs/consistency": {{access: auditor, path: fixed("/v1/systems/credit/proofs/consistency?from=1&to=2")}},
+	"POST /v1/tokens": {
+		{access: access{role: RoleAdmin, global: true}, body: `{"principal":"new","roles":["ingest"],"systems":["credit"]}`, path: fixed("/v1/tokens")},
+		{access: access{role: RoleAdmin, global: true}, body: `{"principal":"new","roles":["root"]}`, path: fixed("/v1/tokens"), invalid: true},
+	},
+	"GET /v1/tokens": {{access: access{role: RoleAdmin, global: true}, path: fixed("/v1/tokens")}},
+	"DELETE /v1/tokens/{id}": {{access: access{role: RoleAdmin, global: true}, path: func(t *testing.T, ts *testServer) string {
+		_, ti, err := ts.tokens.Issue(Principal{Name: "victim", Roles: []string{RoleIngest}}, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return "/v1/tokens/" + ti.ID
+	}}},
+}
+
+// TestRoleRouteMatrix asks every route as every role, with a token for every system, one limited to the system
+// in the path and one limited to another, and without a token.
+func TestRoleRouteMatrix(t *testing.T) {
+	ts := newTestServer(t, Config{AuthFailures: -1})
+	for _, r := range routes {
+		if len(matrix[r]) == 0 {
+			t.Errorf("route %q has no row in the role × route matrix", r)
+		}
+	}
+	for r := range matrix {
+		if !slices.Contains(routes, r) {
+			t.Errorf("the matrix has a row for %q, which the server does not serve", r)
+		}
+	}
+	type caller struct{ role, scope string }
+	callers := []caller{{"none", ""}}
+	tokens := map[caller]string{}
+	for _, role := range Roles {
+		for _, scope := range []string{"all", "in", "out"} {
+			c := caller{role, scope}
+			callers = append(callers, c)
+			sys := map[string]string{"all": "", "in": "credit", "out": "hiring"}[scope]
+			tokens[c] = ts.token(t, role+"-"+scope, role, sys)
+		}
+	}
+	for route, cases := range matrix {
+		method, _, _ := strings.Cut(route, " ")
+		for i, mc := range cases {
+			for _, c := range callers {
+				name := route + "#" + strconv.Itoa(i) + "/" + c.role + "-" + c.scope
+				t.Run(name, func(t *testing.T) {
+					path := mc.path(t, ts)
+					got, body, _ := ts.call(t, method, path, tokens[c], mc.body)
+					allowed := mc.role == "" ||
+						c.role != "none" && (c.role == mc.role || c.role == RoleAdmin) &&
+							!(mc.scoped && c.scope == "out") && !(mc.global && c.scope != "all")
+					switch {
+					case mc.role != "" && c.role == "none":
+						if got != 401 {
+							t.Errorf("%s %s without a token = %d %s, want 401", method, path, got, body)
+						}
+					case !allowed:
+						if got != 403 {
+							t.Errorf("%s %s as %s-%s = %d %s, want 403", method, path, c.role, c.scope, got, body)
+						}
+					case got == 401 || got == 403 || got >= 500:
+						t.Errorf("%s %s as %s-%s = %d %s, want it allowed", method, path, c.role, c.scope, got, body)
+					case mc.invalid && got/100 != 4:
+						t.Errorf("%s %s as %s-%s = %d %s, want a validation 4xx", method, path, c.role, c.scope, got, body)
+					case !mc.invalid && got/100 != 2:
+						t.Errorf("%s %s as %s-%s = %d %s, want 2xx", method, path, c.role, c.scope, got, body)
+					}
+				})
+			}
+		}
+	}
+}
