@@ -55,6 +55,7 @@ func cmdServe(args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("refusing plaintext HTTP on %s, which is not a loopback address: give --tls-cert and --tls-key, or --insecure", *listen)
 	}
 	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	slog.SetDefault(logger)
 	p := defaultPaths(*data, *signingKey, *kekPath)
 	if err := os.MkdirAll(p.data, 0o700); err != nil {
 		return err

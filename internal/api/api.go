@@ -726,34 +726,23 @@ func (s *Server) createToken(w http.ResponseWriter, r *http.Request) {
 		if errors.As(err, &se) {
 			field = string(se.JSONPointer)
 		}
-		invalidToken(w, &TokenFieldError{Field: field, Reason: "malformed request: want {principal, roles, systems, expires_in}"})
+		writeError(w, &TokenFieldError{Field: field, Reason: "malformed request: want {principal, roles, systems, expires_in}"})
 		return
 	}
 	var ttl time.Duration
 	if req.ExpiresIn != "" {
 		if ttl, err = time.ParseDuration(req.ExpiresIn); err != nil || ttl <= 0 {
-			invalidToken(w, &TokenFieldError{Field: "/expires_in", Reason: "a positive duration such as 720h"})
+			writeError(w, &TokenFieldError{Field: "/expires_in", Reason: "a positive duration such as 720h"})
 			return
 		}
 	}
 	tok, ti, err := s.tokens.Issue(Principal{Name: req.Principal, Roles: req.Roles, Systems: req.Systems}, ttl)
-	var fe *TokenFieldError
-	if errors.As(err, &fe) {
-		invalidToken(w, fe)
-		return
-	}
 	if err != nil {
-		s.cfg.Logger.Error("create token", "err", err)
 		writeError(w, err)
 		return
 	}
 	s.cfg.Logger.Info("token created", "id", ti.ID, "roles", ti.Roles)
 	writeJSON(w, http.StatusCreated, TokenCreated{Token: tok, TokenInfo: ti})
-}
-
-func invalidToken(w http.ResponseWriter, fe *TokenFieldError) {
-	writeProblem(w, Problem{Type: "https://cairn.dev/problems/invalid-token-request", Title: "Invalid token request", Status: http.StatusUnprocessableEntity,
-		Detail: fe.Error(), Errors: []ProblemField{{Field: fe.Field, Reason: fe.Reason}}})
 }
 
 func (s *Server) listTokens(w http.ResponseWriter, r *http.Request) {
@@ -773,18 +762,12 @@ func (s *Server) revokeToken(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ti, err := s.tokens.Revoke(r.PathValue("id"))
-	switch {
-	case errors.Is(err, ErrUnknownToken):
-		writeProblem(w, Problem{Status: http.StatusNotFound, Detail: err.Error()})
-	case errors.Is(err, ErrLastAdmin):
-		writeProblem(w, Problem{Type: "https://cairn.dev/problems/last-admin", Title: "Last admin token", Status: http.StatusConflict, Detail: err.Error()})
-	case err != nil:
-		s.cfg.Logger.Error("revoke token", "err", err)
+	if err != nil {
 		writeError(w, err)
-	default:
-		s.cfg.Logger.Info("token revoked", "id", ti.ID)
-		w.WriteHeader(http.StatusNoContent)
+		return
 	}
+	s.cfg.Logger.Info("token revoked", "id", ti.ID)
+	w.WriteHeader(http.StatusNoContent)
 }
 
 // --- metrics ---

@@ -3,6 +3,7 @@ package api
 import (
 	"encoding/json"
 	"errors"
+	"log/slog"
 	"net/http"
 	"strconv"
 
@@ -48,7 +49,15 @@ func writeError(w http.ResponseWriter, err error) {
 	var fe *system.FieldError
 	var ce *ledger.ConflictError
 	var mbe *http.MaxBytesError
+	var tfe *TokenFieldError
 	switch {
+	case errors.As(err, &tfe):
+		writeProblem(w, Problem{Type: "https://cairn.dev/problems/invalid-token-request", Title: "Invalid token request", Status: http.StatusUnprocessableEntity,
+			Detail: tfe.Error(), Errors: []ProblemField{{Field: tfe.Field, Reason: tfe.Reason}}})
+	case errors.Is(err, ErrUnknownToken):
+		writeProblem(w, Problem{Status: http.StatusNotFound, Detail: err.Error()})
+	case errors.Is(err, ErrLastAdmin):
+		writeProblem(w, Problem{Type: "https://cairn.dev/problems/last-admin", Title: "Last admin token", Status: http.StatusConflict, Detail: err.Error()})
 	case errors.As(err, &ee):
 		f := ProblemField{Field: ee.Field, Reason: ee.Reason, ID: ee.ID}
 		if ee.Event >= 0 {
@@ -72,6 +81,8 @@ func writeError(w http.ResponseWriter, err error) {
 		w.Header().Set("Retry-After", "5")
 		writeProblem(w, Problem{Status: http.StatusServiceUnavailable, Detail: "shutting down"})
 	default:
+		// Errors carry names, paths and ids, never keys, tokens or payload values, so they can be logged.
+		slog.Error("request failed", "err", err)
 		writeProblem(w, Problem{Status: http.StatusInternalServerError, Detail: "internal error; see the server log"})
 	}
 }
