@@ -18,6 +18,7 @@ import (
 	"github.com/cairn-ai/cairn/internal/seal"
 	"github.com/cairn-ai/cairn/internal/store"
 	"github.com/cairn-ai/cairn/internal/store/local"
+	"github.com/cairn-ai/cairn/internal/store/pg"
 	"github.com/cairn-ai/cairn/internal/verify"
 )
 
@@ -28,6 +29,7 @@ func cmdVerify(args []string, stdout, stderr io.Writer) error {
 	full := fs.Bool("full", false, "re-check every entry, not only those added since the last verification")
 	stateFile := fs.String("state", "", "where to remember what was verified (default: under the user's state directory, outside the store)")
 	pubFile := fs.String("public-key", "", "checkpoint public key file (default DATA/keys/signing.pub; keep your own copy)")
+	storeURL := fs.String("store", "", "with --data: verify the logs kept in this PostgreSQL store (postgres://…) instead of DATA/logs; DATA gives the origin and public key")
 	url := fs.String("url", "", "verify a remote log through its tiles API")
 	sys := fs.String("system", "", "with --url: the system whose log to verify")
 	vkey := fs.String("vkey", "", "with --url: the log's note verifier key (obtained out of band)")
@@ -45,7 +47,7 @@ func cmdVerify(args []string, stdout, stderr io.Writer) error {
 		}
 		return verifyRemote(*url, *sys, *vkey, *stateFile, *entries, stdout)
 	case *data != "":
-		return verifyData(*data, *full, *stateFile, *pubFile, *jsonOut, *decrypt, *kekPath, stdout)
+		return verifyData(*data, *storeURL, *full, *stateFile, *pubFile, *jsonOut, *decrypt, *kekPath, stdout)
 	default:
 		fmt.Fprintln(stderr, "usage: cairn verify --data DIR [--full] | --url URL --system S --vkey KEY")
 		return errUsage
@@ -62,7 +64,7 @@ func defaultState(kind, key string) string {
 	return filepath.Join(dir, "cairn", "verify", kind+"-"+hex.EncodeToString(h[:8])+".json")
 }
 
-func verifyData(data string, full bool, stateFile, pubFile string, jsonOut, decrypt bool, kekPath string, stdout io.Writer) error {
+func verifyData(data, storeURL string, full bool, stateFile, pubFile string, jsonOut, decrypt bool, kekPath string, stdout io.Writer) error {
 	abs, err := filepath.Abs(data)
 	if err != nil {
 		return err
@@ -81,23 +83,31 @@ func verifyData(data string, full bool, stateFile, pubFile string, jsonOut, decr
 	if err != nil {
 		return err
 	}
-	unlock, err := lockData(abs)
+	where := abs
+	var st store.Store
+	if storeURL != "" {
+		// A shared database: nodes may be running; verification only reads.
+		where = storeURL
+		st, err = pg.Open(context.Background(), storeURL, pg.Options{})
+	} else {
+		unlock, lerr := lockData(abs)
+		if lerr != nil {
+			return lerr
+		}
+		defer unlock()
+		st, err = local.Open(abs, local.Options{ReadOnly: true})
+	}
 	if err != nil {
 		return err
 	}
-	defer unlock()
+	defer st.Close()
 	if stateFile == "" {
-		stateFile = defaultState("store", cfg.Origin+"|"+abs)
+		stateFile = defaultState("store", cfg.Origin+"|"+where)
 	}
 	prev, err := verify.LoadState(stateFile)
 	if err != nil {
 		return err
 	}
-	st, err := local.Open(abs, local.Options{ReadOnly: true})
-	if err != nil {
-		return err
-	}
-	defer st.Close()
 	opts := verify.Options{VKey: vkeyFunc(cfg.Origin, pub), Full: full, Prev: prev}
 	if decrypt {
 		kp := defaultPaths(abs, "", kekPath)

@@ -495,13 +495,20 @@ func (s *Server) getEvent(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 	}
-	if r.URL.Query().Get("payload") == "true" && e.Sealed != nil {
-		// The read is recorded before any payload byte leaves.
-		raw := fmt.Sprintf(`{"type":"access","refs":[%q],"attrs":{"action":"read","scope":"payload"}}`, e.ID.String())
+	// Every read is recorded before anything leaves: the envelope, and the payload when asked for.
+	wantPayload := r.URL.Query().Get("payload") == "true" && e.Sealed != nil
+	scope := "envelope"
+	if wantPayload {
+		scope = "payload"
+	}
+	if e.Envelope != nil {
+		raw := fmt.Sprintf(`{"type":"access","refs":[%q],"attrs":{"action":"read","scope":%q}}`, e.ID.String(), scope)
 		if _, err := s.ledger.AppendServer(r.Context(), sys, []byte(raw), p.Name); err != nil {
 			writeError(w, err)
 			return
 		}
+	}
+	if wantPayload {
 		pt, err := lg.OpenPayload(e)
 		if err != nil {
 			writeProblem(w, Problem{Status: http.StatusGone, Detail: "the payload cannot be opened: its key was destroyed or it was altered"})

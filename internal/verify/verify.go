@@ -159,11 +159,6 @@ func verifyLog(ctx context.Context, name string, lg store.Log, opts Options, pre
 		}
 		rep.Failures = append(rep.Failures, f)
 	}
-	n := lg.Size()
-	if had && n < prev.Size {
-		fail(-1, fmt.Sprintf("store rolled back: it holds %d entries, %d were verified before", n, prev.Size))
-		return prev
-	}
 	// Checkpoints: the latest and the history, each signed, each to be matched against the recomputed tree.
 	vkey := opts.VKey(name)
 	cps := map[uint64]tlog.Hash{}
@@ -187,6 +182,13 @@ func verifyLog(ctx context.Context, name string, lg store.Log, opts Options, pre
 	}
 	if err := lg.Checkpoints(ctx, func(_ uint64, note []byte) error { addCP(note, "history"); return nil }); err != nil {
 		fail(-1, "read checkpoint history: "+err.Error())
+	}
+	// The size is read after the checkpoints, so a store that other nodes append to while it is verified still
+	// holds everything the checkpoints read cover.
+	n := lg.Size()
+	if had && n < prev.Size {
+		fail(-1, fmt.Sprintf("store rolled back: it holds %d entries, %d were verified before", n, prev.Size))
+		return prev
 	}
 	if had && maxCP < prev.CheckpointSize {
 		fail(-1, fmt.Sprintf("checkpoints rolled back: the latest covers %d entries, %d were verified before", maxCP, prev.CheckpointSize))
