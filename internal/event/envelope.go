@@ -36,10 +36,13 @@ type Envelope struct {
 	Payload    *PayloadRef
 	// Policy is the version of the field policy that shaped the payload, when one did.
 	Policy string
+	// InputDigest is a keyed digest of the raw input ("hmac-sha256:…"), so the key holder can later prove which
+	// input the system saw without the log storing it.
+	InputDigest string
 }
 
 // The canonical envelope's members, in RFC 8785 order:
-// actor, attrs, deployment, id, model, payload, policy, recorded, refs, system, time, type, v.
+// actor, attrs, deployment, id, input_digest, model, payload, policy, recorded, refs, system, time, type, v.
 // "recorded" is stamped by the sequencer, so the encoding is split around it: the head ends just before the
 // recorded value and the tail starts just after it. head + FormatRecorded(r) + tail is the canonical envelope.
 
@@ -58,6 +61,10 @@ func (e *Envelope) AppendHead(dst []byte) []byte {
 	dst = append(dst, `,"id":"`...)
 	dst = e.ID.AppendText(dst)
 	dst = append(dst, '"')
+	if e.InputDigest != "" {
+		dst = append(dst, `,"input_digest":`...)
+		dst = canon.AppendString(dst, e.InputDigest)
+	}
 	if e.Model != nil {
 		dst = append(dst, `,"model":{`...)
 		if e.Model.Digest != "" {
@@ -209,19 +216,20 @@ func cutPrefix(s, p string) (string, bool) {
 
 // Stored is an envelope as read back: the JSON form, for readers and verifiers.
 type Stored struct {
-	Actor      string         `json:"actor"`
-	Attrs      jsontext.Value `json:"attrs,omitzero"`
-	Deployment string         `json:"deployment,omitzero"`
-	ID         string         `json:"id"`
-	Model      *Model         `json:"model,omitzero"`
-	Payload    *StoredPayload `json:"payload,omitzero"`
-	Policy     string         `json:"policy,omitzero"`
-	Recorded   string         `json:"recorded"`
-	Refs       []string       `json:"refs,omitzero"`
-	System     string         `json:"system"`
-	Time       string         `json:"time"`
-	Type       string         `json:"type"`
-	V          int            `json:"v"`
+	Actor       string         `json:"actor"`
+	Attrs       jsontext.Value `json:"attrs,omitzero"`
+	Deployment  string         `json:"deployment,omitzero"`
+	ID          string         `json:"id"`
+	InputDigest string         `json:"input_digest,omitzero"`
+	Model       *Model         `json:"model,omitzero"`
+	Payload     *StoredPayload `json:"payload,omitzero"`
+	Policy      string         `json:"policy,omitzero"`
+	Recorded    string         `json:"recorded"`
+	Refs        []string       `json:"refs,omitzero"`
+	System      string         `json:"system"`
+	Time        string         `json:"time"`
+	Type        string         `json:"type"`
+	V           int            `json:"v"`
 }
 
 // StoredPayload is PayloadRef as JSON.

@@ -180,6 +180,14 @@ func TestGoldenEncodings(t *testing.T) {
 			t.Errorf("not canonical JSON: %s (%v)", enc, err)
 		}
 	}
+	// With every optional member set, the hand-built order is still canonical.
+	full := env
+	full.Policy, full.InputDigest = "sha256:0123456789ab", "hmac-sha256:00ff"
+	fb := event.AppendRecorded(full.AppendHead(nil), rec)
+	fb = full.AppendTail(fb)
+	if c, err := canon.Append(nil, fb); err != nil || string(c) != string(fb) {
+		t.Errorf("envelope with policy and input digest not canonical: %s", fb)
+	}
 	if _, err := event.ParseEnvelope(b); err != nil {
 		t.Errorf("ParseEnvelope: %v", err)
 	}

@@ -381,3 +381,18 @@ func joinComma(ss []string) string {
 	}
 	return out
 }
+
+// Member returns the canonical value of a top-level member of a canonical JSON object.
+func Member(obj []byte, name string) ([]byte, bool) {
+	s := &cscan{b: obj}
+	var out []byte
+	found := false
+	s.members(func(n []byte) error {
+		v, err := s.skip()
+		if err == nil && !found && string(n) == name {
+			out, found = v, true
+		}
+		return err
+	})
+	return out, found
+}

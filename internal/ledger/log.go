@@ -309,6 +309,16 @@ func (lg *Log) Prepare(ev *event.Event, actor string) (*Prepared, error) {
 		ID: ev.ID, System: lg.name, Type: ev.Type, Time: ev.Time, Actor: actor, Model: ev.Model,
 		Deployment: ev.Deployment, Refs: ev.Refs, Attrs: ev.Attrs,
 	}
+	// The keyed digest of the raw input, taken before the field policy changes anything.
+	if ev.Type == "inference" && ev.Payload != nil {
+		if in, ok := event.Member(ev.Payload, "input"); ok {
+			key, err := lg.l.keys.Secret("input-digest")
+			if err != nil {
+				return nil, fmt.Errorf("input digest key: %w", err)
+			}
+			p.env.InputDigest = pseudo.InputDigest(key, in)
+		}
+	}
 	// Pseudonymise before anything is sealed or written: the payload that leaves Prepare is the policy's.
 	if d := lg.Definition(); d != nil && d.Policy != nil && ev.Payload != nil && !ev.Spec.ServerOnly {
 		out, err := d.Policy.Apply(make([]byte, 0, len(ev.Payload)), ev.Payload, pseudoKeys{lg.l.keys})

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/cairn-ai/cairn/internal/event"
+	"github.com/cairn-ai/cairn/internal/pseudo"
 	"github.com/cairn-ai/cairn/internal/system"
 )
 
@@ -81,5 +82,31 @@ func TestFieldPolicyValidatedAtRegistration(t *testing.T) {
 		if !errors.As(err, &fe) || !strings.HasPrefix(fe.Field, tc.field) {
 			t.Errorf("policy %s: %v, want an error at %s", tc.policy, err, tc.field)
 		}
+	}
+}
+
+func TestInputDigest(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	if _, _, err := e.l.Register(ctx, []byte(policyDef), "admin"); err != nil {
+		t.Fatal(err)
+	}
+	lg, _ := e.l.Log("s")
+	input := `{"birth_date":"1984-05-17","iban":"DE89370400440532013000","income":31000,"name":"Jane Roe"}`
+	raw := `{"type":"inference","model":{"name":"m","version":"1"},"payload":{"input":` + input + `,"output":1}}`
+	rs, err := lg.Append(ctx, e.prepare(lg, raw))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ent, _ := lg.Entry(ctx, rs[0].Index)
+	env, _ := event.ParseEnvelope(ent.Envelope)
+	key, _ := e.keys.Secret("input-digest")
+	// The key holder can prove this raw input is the one the system saw, though the stored payload is pseudonymised.
+	if want := pseudo.InputDigest(key, []byte(input)); env.InputDigest != want {
+		t.Errorf("input digest %q, want %q", env.InputDigest, want)
+	}
+	other := strings.Replace(input, "31000", "31001", 1)
+	if pseudo.InputDigest(key, []byte(other)) == env.InputDigest {
+		t.Errorf("another input has the same digest")
 	}
 }
