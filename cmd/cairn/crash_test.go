@@ -373,9 +373,13 @@ func (k *killBook) checkLog(t *testing.T, s *killServer) uint64 {
 	if t.Failed() {
 		t.FailNow()
 	}
-	// Contiguous: every index below the size answers (above), the size itself does not.
-	if st, b, _ := s.do("GET", k.token, fmt.Sprintf("/v1/systems/crash/events/%d", n), nil); st != http.StatusNotFound {
-		t.Errorf("event %d beyond the tree answers %d %s", n, st, b)
+	// Contiguous: every index below the size answers (above). Each of those reads was itself recorded as an
+	// access event, so what follows index n is access records, and far beyond them nothing answers.
+	if st, b, _ := s.do("GET", k.token, fmt.Sprintf("/v1/systems/crash/events/%d", n), nil); st != http.StatusOK || !strings.Contains(string(b), `"type":"access"`) {
+		t.Errorf("event %d after the ingested ones answers %d %s, want the first access record", n, st, b)
+	}
+	if st, b, _ := s.do("GET", k.token, fmt.Sprintf("/v1/systems/crash/events/%d", 3*n+10), nil); st != http.StatusNotFound {
+		t.Errorf("event %d beyond the tree answers %d %s", 3*n+10, st, b)
 	}
 	at := make(map[string]uint64, n)
 	for i, id := range ids {

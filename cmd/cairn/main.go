@@ -19,6 +19,7 @@ Usage:
   cairn migrate --store postgres://…                           create or upgrade the PostgreSQL store's schema
   cairn token   create --data DIR --principal P --role R ...   create an API token
   cairn token   list --data DIR | revoke --data DIR ID         list or revoke API tokens
+  cairn keys    rotate --data DIR [--kek F] --new-kek F         re-wrap the keyring under a new key-encryption key
   cairn bench   [flags]                                        measure ingest, proofs and storage
   cairn version
 
@@ -44,6 +45,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		"reindex": cmdReindex,
 		"migrate": cmdMigrate,
 		"token":   cmdToken,
+		"keys":    cmdKeys,
 		"bench":   cmdBench,
 		"version": func([]string, io.Writer, io.Writer) error { fmt.Fprintln(stdout, "cairn", version); return nil },
 	}

@@ -1,0 +1,165 @@
+package main
+
+import (
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+
+	"github.com/cairn-ai/cairn/internal/atomicfile"
+	"github.com/cairn-ai/cairn/internal/seal"
+)
+
+const keysUsage = `usage: cairn keys rotate --data DIR [--kek OLD] --new-kek NEW [--keyring DIR]`
+
+// cmdKeys administers the keys of a stopped instance.
+func cmdKeys(args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 || args[0] != "rotate" {
+		fmt.Fprintln(stderr, keysUsage)
+		return errUsage
+	}
+	return keysRotate(args[1:], stdout, stderr)
+}
+
+// keysRotate makes a new key-encryption key and re-wraps every key of the keyring under it. Leaves, envelopes
+// and payloads are untouched: only the KEK-wrapped key files change, each atomically, so an interrupted
+// rotation is completed by running the same command again with both KEK files present.
+func keysRotate(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("keys rotate", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	data := fs.String("data", "", "data directory (the server must be stopped)")
+	kekPath := fs.String("kek", "", "current key-encryption key file (env CAIRN_KEK_FILE; default DATA/keys/kek)")
+	newKEK := fs.String("new-kek", "", "file to create the new key-encryption key in (must not exist, unless completing an interrupted rotation)")
+	keyringDir := fs.String("keyring", os.Getenv("CAIRN_KEYRING"), "directory of the KEK-wrapped keys (env CAIRN_KEYRING; default DATA/keys/periods)")
+	if err := fs.Parse(args); err != nil {
+		return errUsage
+	}
+	if *data == "" || *newKEK == "" || fs.NArg() != 0 {
+		fmt.Fprintln(stderr, keysUsage)
+		return errUsage
+	}
+	abs, err := filepath.Abs(*data)
+	if err != nil {
+		return err
+	}
+	p := defaultPaths(abs, "", *kekPath)
+	if _, _, err := loadConfig(p, "", false); err != nil {
+		return err
+	}
+	unlock, err := lockData(abs)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	kr := p.keyring()
+	if *keyringDir != "" {
+		kr = *keyringDir
+	}
+	if _, err := os.Stat(kr); err != nil {
+		return fmt.Errorf("keyring: %w", err)
+	}
+	oldAbs, _ := filepath.Abs(p.kek)
+	newAbs, _ := filepath.Abs(*newKEK)
+	if oldAbs == newAbs {
+		return errors.New("--new-kek must name a new file, not the current KEK")
+	}
+	old, _, err := seal.LoadKEK(p.kek, false)
+	if err != nil {
+		return err
+	}
+	next, key, err := loadNewKEK(*newKEK, kr)
+	if err != nil {
+		return err
+	}
+	defer clear(key)
+	// Check that the old KEK opens every key before making anything, so a wrong --kek leaves no trace.
+	if err := seal.CheckRewrap(kr, old, next); err != nil {
+		return err
+	}
+	if key != nil {
+		// The new KEK is on disk before any key is wrapped by it.
+		if err := writeKEKFile(*newKEK, key); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "created key-encryption key: %s (%s)\n", *newKEK, next.ID())
+	} else {
+		fmt.Fprintf(stdout, "completing the rotation to %s (%s)\n", *newKEK, next.ID())
+	}
+	n, err := seal.RewrapKeyring(kr, old, next)
+	if err != nil {
+		return fmt.Errorf("%w (nothing is lost: run the same command again to finish; both KEK files are still needed)", err)
+	}
+	fmt.Fprintf(stdout, "rewrapped %d key(s) from %s to %s in %s\n", n, old.ID(), next.ID(), kr)
+	fmt.Fprintf(stdout, "next: point --kek (or CAIRN_KEK_FILE) at %s, check with 'cairn verify --data %s --decrypt --kek %s' and start the server with it; then delete the old KEK %s and every copy of it\n",
+		*newKEK, *data, *newKEK, p.kek)
+	return nil
+}
+
+// loadNewKEK returns the new KEK: a fresh one (with its key, to be written to path) when path does not exist, or
+// the one in path when it is the new KEK of an interrupted rotation (some key of the keyring is already wrapped
+// by it). Any other existing file is refused: a KEK file is never overwritten.
+func loadNewKEK(path, keyring string) (seal.KEK, []byte, error) {
+	if _, err := os.Lstat(path); err == nil {
+		k, _, err := seal.LoadKEK(path, false)
+		if err != nil {
+			return nil, nil, fmt.Errorf("%s exists and is not a key-encryption key; refusing to overwrite it", path)
+		}
+		if !wrapsAny(keyring, k.ID()) {
+			return nil, nil, fmt.Errorf("%s already exists; refusing to overwrite it (if an earlier rotation stopped before rewrapping any key, remove it and run again)", path)
+		}
+		return k, nil, nil
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return nil, nil, err
+	}
+	key := make([]byte, 32)
+	rand.Read(key)
+	k, err := seal.NewKEK(key)
+	if err != nil {
+		return nil, nil, err
+	}
+	return k, key, nil
+}
+
+// writeKEKFile writes key to path (mode 0600) durably, failing if path exists: a complete, synced temporary
+// file is linked into place, so path is never overwritten nor seen half-written.
+func writeKEKFile(path string, key []byte) error {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	tmp := filepath.Join(dir, "."+filepath.Base(path)+".new")
+	os.Remove(tmp)
+	if err := atomicfile.Write(tmp, []byte(base64.StdEncoding.EncodeToString(key)+"\n"), 0o600); err != nil {
+		return fmt.Errorf("create key-encryption key: %w", err)
+	}
+	defer os.Remove(tmp)
+	if err := os.Link(tmp, path); err != nil {
+		return fmt.Errorf("create key-encryption key: %w", err)
+	}
+	return atomicfile.SyncDir(dir)
+}
+
+// wrapsAny reports whether some key file of the keyring names the KEK id.
+func wrapsAny(keyring, id string) bool {
+	found := false
+	filepath.WalkDir(keyring, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || found || d.IsDir() || filepath.Ext(p) != ".key" {
+			return nil
+		}
+		var f struct {
+			KEK string `json:"kek"`
+		}
+		if b, err := os.ReadFile(p); err == nil && json.Unmarshal(b, &f) == nil && f.KEK == id {
+			found = true
+			return filepath.SkipAll
+		}
+		return nil
+	})
+	return found
+}
