@@ -718,7 +718,8 @@ type TokenListItem struct {
 }
 
 func (s *Server) createToken(w http.ResponseWriter, r *http.Request) {
-	if s.authorizeEverywhere(w, r, RoleAdmin) == nil {
+	admin := s.authorizeEverywhere(w, r, RoleAdmin)
+	if admin == nil {
 		return
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 64<<10))
@@ -748,6 +749,13 @@ func (s *Server) createToken(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
+	// Recorded in the instance's own log before the token is handed out; a token that cannot be recorded is
+	// withdrawn.
+	if err := s.recordAdmin(r, admin, "token_created", ti); err != nil {
+		s.tokens.Revoke(ti.ID)
+		writeError(w, err)
+		return
+	}
 	s.cfg.Logger.Info("token created", "id", ti.ID, "roles", ti.Roles)
 	writeJSON(w, http.StatusCreated, TokenCreated{Token: tok, TokenInfo: ti})
 }
@@ -765,7 +773,8 @@ func (s *Server) listTokens(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) revokeToken(w http.ResponseWriter, r *http.Request) {
-	if s.authorizeEverywhere(w, r, RoleAdmin) == nil {
+	admin := s.authorizeEverywhere(w, r, RoleAdmin)
+	if admin == nil {
 		return
 	}
 	ti, err := s.tokens.Revoke(r.PathValue("id"))
@@ -773,8 +782,24 @@ func (s *Server) revokeToken(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
+	if err := s.recordAdmin(r, admin, "token_revoked", ti); err != nil {
+		writeError(w, err)
+		return
+	}
 	s.cfg.Logger.Info("token revoked", "id", ti.ID)
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// recordAdmin appends a token administration event to the _admin log; the token's principal goes in the sealed
+// payload, since a principal may name a person.
+func (s *Server) recordAdmin(r *http.Request, admin *Principal, action string, ti TokenInfo) error {
+	attrs := map[string]any{"action": action, "token_id": ti.ID, "roles": ti.Roles}
+	if len(ti.Systems) > 0 {
+		attrs["systems"] = ti.Systems
+	}
+	raw, _ := json.Marshal(map[string]any{"type": "admin", "attrs": attrs, "payload": map[string]any{"principal": ti.Principal.Name}})
+	_, err := s.ledger.AppendServer(r.Context(), ledger.AdminLog, raw, admin.Name)
+	return err
 }
 
 // --- metrics ---

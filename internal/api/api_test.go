@@ -2,6 +2,7 @@ package api_test
 
 import (
 	"context"
+	"fmt"
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/json"
@@ -265,5 +266,31 @@ func TestQuery(t *testing.T) {
 	}
 	if n < 3 {
 		t.Errorf("%d access events recorded for the queries", n)
+	}
+}
+
+func TestTokenAdministrationIsRecorded(t *testing.T) {
+	f := newFixture(t)
+	out := f.do(t, "POST", "/v1/tokens", f.admin, `{"principal":"Jane Roe (ops)","roles":["ingest"],"systems":["credit"]}`, 201)
+	id := out["id"].(string)
+	f.do(t, "DELETE", "/v1/tokens/"+id, f.admin, "", 204)
+	var actions []string
+	for i := 0; i < 2; i++ {
+		ev := f.do(t, "GET", fmt.Sprintf("/v1/systems/_admin/events/%d?payload=true", i), f.auditor, "", 200)
+		envl := ev["envelope"].(map[string]any)
+		attrs := envl["attrs"].(map[string]any)
+		if envl["type"] != "admin" || envl["actor"] != "root" || attrs["token_id"] != id {
+			t.Errorf("admin record %d = %v", i, envl)
+		}
+		if strings.Contains(string(mustJSON(envl)), "Jane Roe") {
+			t.Errorf("the principal's name is in clear in the envelope")
+		}
+		if !strings.Contains(string(mustJSON(ev["payload"])), "Jane Roe") {
+			t.Errorf("the principal is not in the sealed payload: %v", ev["payload"])
+		}
+		actions = append(actions, attrs["action"].(string))
+	}
+	if strings.Join(actions, ",") != "token_created,token_revoked" {
+		t.Errorf("recorded actions %v", actions)
 	}
 }

@@ -181,6 +181,12 @@ var Specs = map[string]*Spec{
 		"reference_db_version": {Kind: KindString}, "matches": {Kind: KindNonNegative},
 		"exemption_basis": {Kind: KindString},
 	})},
+	// admin records administration of the instance (tokens, keys) in the "_admin" log.
+	"admin": {Class: ClassDoc, ServerOnly: true, Require: []string{"action"}, Attrs: attrs(map[string]Attr{
+		"action":   {Kind: KindString, Enum: []string{"token_created", "token_revoked"}},
+		"token_id": {Kind: KindString}, "roles": {Kind: KindStrings}, "systems": {Kind: KindStrings},
+		"expires": {Kind: KindTimestamp},
+	})},
 	"gate": {Class: ClassDoc, Require: []string{"result"}, Attrs: attrs(map[string]Attr{
 		"result": {Kind: KindString, Enum: []string{"pass", "fail"}}, "policy_digest": {Kind: KindString},
 		"rules": {Kind: KindNumber}, "failed": {Kind: KindNumber},

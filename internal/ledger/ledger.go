@@ -65,6 +65,10 @@ func (c *Config) fill() {
 	}
 }
 
+// AdminLog is the instance's own log: token and key administration is recorded there, with the same
+// guarantees as any system's log. No system can be registered under this name.
+const AdminLog = "_admin"
+
 // Errors callers map to responses.
 var (
 	ErrUnknownSystem = errors.New("unknown system")
@@ -107,6 +111,10 @@ func Open(ctx context.Context, cfg Config, st store.Store, keys *seal.Keyring, s
 		return nil, fmt.Errorf("ledger: %w", err)
 	}
 	l := &Ledger{cfg: cfg, store: st, keys: keys, signKey: signKey, dedup: dk, logs: map[string]*Log{}}
+	// The instance's own log, for administration, exists from the start.
+	if _, err := st.Create(ctx, AdminLog); err != nil && !errors.Is(err, store.ErrExists) {
+		return nil, fmt.Errorf("ledger: create %s log: %w", AdminLog, err)
+	}
 	names, err := st.Logs(ctx)
 	if err != nil {
 		return nil, err
@@ -140,7 +148,7 @@ func (l *Ledger) Log(sys string) (*Log, error) {
 	if lg := l.logs[sys]; lg != nil {
 		return lg, nil
 	}
-	if l.closed || !system.ValidID(sys) {
+	if l.closed || (!system.ValidID(sys) && sys != AdminLog) {
 		return nil, ErrUnknownSystem
 	}
 	// Another node may have created it since this one started.
