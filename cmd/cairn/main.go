@@ -17,6 +17,7 @@ Usage:
   cairn verify  --url URL --system S --vkey KEY [--state F]    verify a remote log through its tiles
   cairn reindex --data DIR                                     rebuild tree hashes and the query index from the segments
   cairn migrate --store postgres://…                           create or upgrade the PostgreSQL store's schema
+  cairn copy    --from DIR|postgres://… --to DIR|postgres://…  copy every log between stores, checkpoints intact
   cairn token   create --data DIR --principal P --role R ...   create an API token
   cairn token   list --data DIR | revoke --data DIR ID         list or revoke API tokens
   cairn keys    rotate --data DIR [--kek F] --new-kek F         re-wrap the keyring under a new key-encryption key
@@ -44,6 +45,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		"verify":  cmdVerify,
 		"reindex": cmdReindex,
 		"migrate": cmdMigrate,
+		"copy":    cmdCopy,
 		"token":   cmdToken,
 		"keys":    cmdKeys,
 		"bench":   cmdBench,

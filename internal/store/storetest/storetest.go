@@ -77,28 +77,8 @@ func Append(ctx context.Context, lg store.Log, entries []store.Entry) error {
 		entries[i].Index = start + uint64(i)
 	}
 	b := &store.Batch{Start: start, Entries: entries}
-	base := tlog.StoredHashCount(int64(start))
-	r := tlog.HashReaderFunc(func(idx []int64) ([]tlog.Hash, error) {
-		out := make([]tlog.Hash, len(idx))
-		for i, x := range idx {
-			if x >= base {
-				out[i] = b.Hashes[x-base]
-				continue
-			}
-			h, err := lg.ReadHashes([]int64{x})
-			if err != nil {
-				return nil, err
-			}
-			out[i] = h[0]
-		}
-		return out, nil
-	})
-	for i := range entries {
-		hs, err := tlog.StoredHashes(int64(start)+int64(i), entries[i].AppendLeaf(nil), r)
-		if err != nil {
-			return err
-		}
-		b.Hashes = append(b.Hashes, hs...)
+	if err := store.HashBatch(lg, b); err != nil {
+		return err
 	}
 	return lg.Append(ctx, b)
 }
