@@ -464,6 +464,7 @@ func (lg *Log) stop() {
 // built is a batch made ready by the sequencer.
 type built struct {
 	epoch      int64 // the sequencer's epoch when it built the batch
+	err        error // the batch could not be built (its tree hashes could not be read)
 	reqs       []*request
 	batch      *store.Batch
 	sysIndex   uint64
@@ -630,7 +631,9 @@ func (lg *Log) build(reqs []*request) *built {
 	}
 	if len(batch.Entries) > 0 {
 		if err := lg.hashBatch(batch); err != nil {
-			lg.broken.CompareAndSwap(nil, &err)
+			// Typically an earlier batch this one was built on lost a race and left the pipeline; the committer
+			// fails this one too and the sequencer catches up before building again.
+			b.err = err
 		}
 		lg.lastRecorded = rec
 		lg.next = start + uint64(len(batch.Entries))
@@ -733,6 +736,11 @@ func (lg *Log) commit() {
 			err = fmt.Errorf("log is stopped after an earlier failure: %w", *p)
 		} else if b.epoch < lg.staleEpoch.Load() {
 			err = errStaleRetry // built on a batch that lost a race with another node
+		} else if b.err != nil {
+			// Nothing of it was written; make the sequencer catch up with the store before it builds again.
+			lg.staleEpoch.Store(b.epoch + 1)
+			lg.l.cfg.Logger.Warn("batch could not be built; catching up with the store", "system", lg.name, "err", b.err)
+			err = fmt.Errorf("%w: %v", ErrBusy, b.err)
 		} else if len(b.batch.Entries) > 0 {
 			if err = lg.appendBatch(ctx, b.batch); errors.Is(err, store.ErrStale) {
 				// Another node appended first. Fail this batch and everything built on it; the sequencer catches
