@@ -1,166 +1,21 @@
 package event
 
 import (
-	"errors"
 	"strconv"
 	"time"
 
-	"github.com/go-json-experiment/json"
+	"github.com/cairn-ai/cairn/internal/canon"
 )
 
-// cscan reads canonical JSON (the output of canon.Append: valid, no whitespace, no duplicate names), so it can
-// walk values without re-validating them. It is the single-pass alternative to decoding the same bytes again.
-type cscan struct {
-	b []byte
-	i int
-}
+// cscan walks canonical JSON (canon.Append's output) with canon.Scanner, adding what event validation needs.
+type cscan struct{ canon.Scanner }
 
-var errScan = errors.New("not canonical JSON")
+func newScan(b []byte) *cscan { return &cscan{canon.NewScanner(b)} }
 
-func (s *cscan) peek() byte {
-	if s.i < len(s.b) {
-		return s.b[s.i]
-	}
-	return 0
-}
-
-// rawString returns a string token including its quotes.
-func (s *cscan) rawString() ([]byte, error) {
-	if s.peek() != '"' {
-		return nil, errScan
-	}
-	for j := s.i + 1; j < len(s.b); j++ {
-		switch s.b[j] {
-		case '\\':
-			j++
-		case '"':
-			r := s.b[s.i : j+1]
-			s.i = j + 1
-			return r, nil
-		}
-	}
-	return nil, errScan
-}
-
-// unquote decodes a string token; canonical strings escape only '"', '\\' and control characters.
+// unquote decodes a string token to a string.
 func unquote(r []byte) (string, error) {
-	for _, c := range r[1 : len(r)-1] {
-		if c == '\\' {
-			var out string
-			err := json.Unmarshal(r, &out)
-			return out, err
-		}
-	}
-	return string(r[1 : len(r)-1]), nil
-}
-
-// unquoteBytes is unquote without a copy when the string has no escapes.
-func unquoteBytes(r []byte) ([]byte, error) {
-	for _, c := range r[1 : len(r)-1] {
-		if c == '\\' {
-			s, err := unquote(r)
-			return []byte(s), err
-		}
-	}
-	return r[1 : len(r)-1], nil
-}
-
-// skip passes over one value and returns its bytes.
-func (s *cscan) skip() ([]byte, error) {
-	start, depth := s.i, 0
-	for s.i < len(s.b) {
-		switch s.b[s.i] {
-		case '"':
-			if _, err := s.rawString(); err != nil {
-				return nil, err
-			}
-			if depth == 0 {
-				return s.b[start:s.i], nil
-			}
-			continue
-		case '{', '[':
-			depth++
-		case '}', ']':
-			if depth == 0 {
-				return s.b[start:s.i], nil
-			}
-			if depth--; depth == 0 {
-				s.i++
-				return s.b[start:s.i], nil
-			}
-		case ',', ':':
-			if depth == 0 {
-				return s.b[start:s.i], nil
-			}
-		}
-		s.i++
-	}
-	if depth == 0 && s.i > start {
-		return s.b[start:s.i], nil
-	}
-	return nil, errScan
-}
-
-// members calls fn with each member name of the object at the cursor, the cursor then at the member's value;
-// fn must consume the value. name is only valid during the call (it may alias the input).
-func (s *cscan) members(fn func(name []byte) error) error {
-	if s.peek() != '{' {
-		return errScan
-	}
-	s.i++
-	if s.peek() == '}' {
-		s.i++
-		return nil
-	}
-	for {
-		r, err := s.rawString()
-		if err != nil || s.peek() != ':' {
-			return errScan
-		}
-		s.i++
-		name, err := unquoteBytes(r)
-		if err != nil {
-			return err
-		}
-		if err := fn(name); err != nil {
-			return err
-		}
-		switch s.peek() {
-		case ',':
-			s.i++
-		case '}':
-			s.i++
-			return nil
-		default:
-			return errScan
-		}
-	}
-}
-
-// elements calls fn for each element of the array at the cursor; fn must consume the element.
-func (s *cscan) elements(fn func(i int) error) error {
-	if s.peek() != '[' {
-		return errScan
-	}
-	s.i++
-	if s.peek() == ']' {
-		s.i++
-		return nil
-	}
-	for i := 0; ; i++ {
-		if err := fn(i); err != nil {
-			return err
-		}
-		switch s.peek() {
-		case ',':
-			s.i++
-		case ']':
-			s.i++
-			return nil
-		default:
-			return errScan
-		}
-	}
+	b, err := canon.Unescape(r)
+	return string(b), err
 }
 
 // kindError is a value of the wrong JSON kind at a field.
@@ -168,30 +23,14 @@ type kindError struct{ field, reason string }
 
 func (e *kindError) Error() string { return e.field + ": " + e.reason }
 
-func kindName(c byte) string {
-	switch c {
-	case '"':
-		return "string"
-	case '{':
-		return "object"
-	case '[':
-		return "array"
-	case 't', 'f':
-		return "boolean"
-	case 'n':
-		return "null"
-	}
-	return "number"
-}
-
 func isNumber(c byte) bool { return c == '-' || (c >= '0' && c <= '9') }
 
 // str reads a string value at field.
 func (s *cscan) str(field string) (string, error) {
-	if s.peek() != '"' {
-		return "", &kindError{field, "got a JSON " + kindName(s.peek()) + ", want a string"}
+	if s.Peek() != '"' {
+		return "", &kindError{field, "got " + canon.KindName(s.Peek()) + ", want a string"}
 	}
-	r, err := s.rawString()
+	r, err := s.RawString()
 	if err != nil {
 		return "", err
 	}
@@ -200,8 +39,8 @@ func (s *cscan) str(field string) (string, error) {
 
 // scanInput decodes a canonical client event. Members arrive in canonical (sorted) order.
 func scanInput(c []byte, in *input) error {
-	s := &cscan{b: c}
-	return s.members(func(name []byte) error {
+	s := newScan(c)
+	return s.Members(func(_, name []byte) error {
 		var err error
 		switch string(name) {
 		case "id":
@@ -213,31 +52,31 @@ func scanInput(c []byte, in *input) error {
 		case "deployment":
 			in.Deployment, err = s.str("/deployment")
 		case "attrs":
-			if s.peek() != '{' {
+			if s.Peek() != '{' {
 				return &kindError{"/attrs", "must be an object"}
 			}
-			in.Attrs, err = s.skip()
+			in.Attrs, err = s.Skip()
 		case "payload":
-			if s.peek() != '{' {
+			if s.Peek() != '{' {
 				return &kindError{"/payload", "must be an object"}
 			}
-			in.Payload, err = s.skip()
+			in.Payload, err = s.Skip()
 		case "refs":
-			if s.peek() != '[' {
-				return &kindError{"/refs", "got a JSON " + kindName(s.peek()) + ", want an array of ids"}
+			if s.Peek() != '[' {
+				return &kindError{"/refs", "got " + canon.KindName(s.Peek()) + ", want an array of ids"}
 			}
-			err = s.elements(func(i int) error {
+			err = s.Elements(func(i int) error {
 				r, err := s.str("/refs/" + strconv.Itoa(i))
 				in.Refs = append(in.Refs, r)
 				return err
 			})
 		case "model":
-			if s.peek() != '{' {
-				return &kindError{"/model", "got a JSON " + kindName(s.peek()) + ", want an object"}
+			if s.Peek() != '{' {
+				return &kindError{"/model", "got " + canon.KindName(s.Peek()) + ", want an object"}
 			}
 			m := &Model{}
 			in.Model = m
-			err = s.members(func(n []byte) error {
+			err = s.Members(func(_, n []byte) error {
 				var err error
 				switch string(n) {
 				case "name":
@@ -260,8 +99,8 @@ func scanInput(c []byte, in *input) error {
 
 // checkAttrs validates attribute kinds against spec, recording which are present.
 func checkAttrs(attrs []byte, spec *Spec, typ string, present map[string]bool) error {
-	s := &cscan{b: attrs}
-	return s.members(func(k []byte) error {
+	s := newScan(attrs)
+	return s.Members(func(_, k []byte) error {
 		a, ok := spec.Attrs[string(k)]
 		if !ok {
 			return &kindError{"/attrs/" + string(k), "not an attribute of " + typ + " (attributes are stored in clear; personal data belongs in the payload)"}
@@ -277,14 +116,14 @@ func (s *cscan) attr(name []byte, a Attr) error {
 	field := func() string { return "/attrs/" + string(name) }
 	switch a.Kind {
 	case KindString, KindTimestamp:
-		if s.peek() != '"' {
+		if s.Peek() != '"' {
 			return &kindError{field(), "must be a string"}
 		}
-		r, err := s.rawString()
+		r, err := s.RawString()
 		if err != nil {
 			return err
 		}
-		v, err := unquoteBytes(r)
+		v, err := canon.Unescape(r)
 		if err != nil {
 			return err
 		}
@@ -302,10 +141,10 @@ func (s *cscan) attr(name []byte, a Attr) error {
 			return &kindError{field(), "must be one of " + joinComma(a.Enum)}
 		}
 	case KindNumber, KindNonNegative:
-		if !isNumber(s.peek()) {
+		if !isNumber(s.Peek()) {
 			return &kindError{field(), "must be a number"}
 		}
-		v, err := s.skip()
+		v, err := s.Skip()
 		if err != nil {
 			return err
 		}
@@ -317,20 +156,20 @@ func (s *cscan) attr(name []byte, a Attr) error {
 			return &kindError{field(), "must not be negative"}
 		}
 	case KindBool:
-		if c := s.peek(); c != 't' && c != 'f' {
+		if c := s.Peek(); c != 't' && c != 'f' {
 			return &kindError{field(), "must be true or false"}
 		}
-		_, err := s.skip()
+		_, err := s.Skip()
 		return err
 	case KindStrings:
-		if s.peek() != '[' {
+		if s.Peek() != '[' {
 			return &kindError{field(), "must be an array of strings"}
 		}
-		return s.elements(func(int) error {
-			if s.peek() != '"' {
+		return s.Elements(func(int) error {
+			if s.Peek() != '"' {
 				return &kindError{field(), "must be an array of strings"}
 			}
-			_, err := s.rawString()
+			_, err := s.RawString()
 			return err
 		})
 	case KindNumberMap, KindStringMap:
@@ -338,22 +177,22 @@ func (s *cscan) attr(name []byte, a Attr) error {
 		if a.Kind == KindNumberMap {
 			reason = "must be an object of numbers"
 		}
-		if s.peek() != '{' {
+		if s.Peek() != '{' {
 			return &kindError{field(), reason}
 		}
-		return s.members(func([]byte) error {
-			c := s.peek()
+		return s.Members(func(_, _ []byte) error {
+			c := s.Peek()
 			if (a.Kind == KindNumberMap && !isNumber(c)) || (a.Kind == KindStringMap && c != want) {
 				return &kindError{field(), reason}
 			}
-			_, err := s.skip()
+			_, err := s.Skip()
 			return err
 		})
 	case KindObject:
-		if s.peek() != '{' {
+		if s.Peek() != '{' {
 			return &kindError{field(), "must be an object"}
 		}
-		_, err := s.skip()
+		_, err := s.Skip()
 		return err
 	}
 	return nil
@@ -361,11 +200,11 @@ func (s *cscan) attr(name []byte, a Attr) error {
 
 // hasMember reports whether the canonical object obj has a top-level member name.
 func hasMember(obj []byte, name string) bool {
-	s := &cscan{b: obj}
+	s := newScan(obj)
 	found := false
-	s.members(func(n []byte) error {
+	s.Members(func(_, n []byte) error {
 		found = found || string(n) == name
-		_, err := s.skip()
+		_, err := s.Skip()
 		return err
 	})
 	return found
@@ -384,11 +223,11 @@ func joinComma(ss []string) string {
 
 // Member returns the canonical value of a top-level member of a canonical JSON object.
 func Member(obj []byte, name string) ([]byte, bool) {
-	s := &cscan{b: obj}
+	s := newScan(obj)
 	var out []byte
 	found := false
-	s.members(func(n []byte) error {
-		v, err := s.skip()
+	s.Members(func(_, n []byte) error {
+		v, err := s.Skip()
 		if err == nil && !found && string(n) == name {
 			out, found = v, true
 		}

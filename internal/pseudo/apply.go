@@ -9,6 +9,8 @@ import (
 	"hash"
 	"strconv"
 	"time"
+
+	"github.com/cairn-ai/cairn/internal/canon"
 )
 
 // Keys supplies pseudonymisation domain keys. The caller backs it with its keyring; DomainKey must return the same
@@ -66,15 +68,15 @@ func (p *Policy) Apply(dst, payload []byte, keys Keys) ([]byte, error) {
 	}
 	a := p.applier()
 	defer p.release(a)
-	a.keys, a.s, a.out = keys, scanner{b: payload}, dst
-	if c := a.s.peek(); c != '{' {
-		return dst, fmt.Errorf("payload: got %s, want an object: %w", kindName(c), ErrNotCanonical)
+	a.keys, a.s, a.out = keys, canon.NewScanner(payload), dst
+	if c := a.s.Peek(); c != '{' {
+		return dst, fmt.Errorf("payload: got %s, want an object: %w", canon.KindName(c), ErrNotCanonical)
 	}
 	if err := a.object(p.root); err != nil {
 		return dst, err
 	}
-	if a.s.i != len(payload) {
-		return dst, fmt.Errorf("payload: trailing bytes at offset %d: %w", a.s.i, ErrNotCanonical)
+	if a.s.Pos() != len(payload) {
+		return dst, fmt.Errorf("payload: trailing bytes at offset %d: %w", a.s.Pos(), ErrNotCanonical)
 	}
 	return a.out, nil
 }
@@ -85,7 +87,7 @@ func (p *Policy) Apply(dst, payload []byte, keys Keys) ([]byte, error) {
 type applier struct {
 	p    *Policy
 	keys Keys
-	s    scanner
+	s    canon.Scanner
 	out  []byte
 	macs []domainMAC // indexed like Policy.domains
 	sum  [sha256.Size]byte
@@ -106,7 +108,7 @@ func (p *Policy) applier() *applier {
 }
 
 func (p *Policy) release(a *applier) {
-	a.keys, a.s, a.out = nil, scanner{}, nil
+	a.keys, a.s, a.out = nil, canon.Scanner{}, nil
 	for i := range a.macs {
 		a.macs[i].checked = false
 	}
@@ -125,13 +127,13 @@ func (a *applier) dropped(n *node, c byte) bool {
 func (a *applier) object(n *node) error {
 	a.out = append(a.out, '{')
 	first := true
-	err := a.s.members(func(raw, name []byte) error {
+	err := a.s.Members(func(raw, name []byte) error {
 		var child *node
 		if n != nil {
 			child = n.children[string(name)]
 		}
-		if a.dropped(child, a.s.peek()) {
-			_, err := a.s.skip()
+		if a.dropped(child, a.s.Peek()) {
+			_, err := a.s.Skip()
 			return err
 		}
 		if !first {
@@ -150,9 +152,9 @@ func (a *applier) object(n *node) error {
 func (a *applier) array(e *node) error {
 	a.out = append(a.out, '[')
 	first := true
-	err := a.s.elements(func(int) error {
-		if a.dropped(e, a.s.peek()) {
-			_, err := a.s.skip()
+	err := a.s.Elements(func(int) error {
+		if a.dropped(e, a.s.Peek()) {
+			_, err := a.s.Skip()
 			return err
 		}
 		if !first {
@@ -167,7 +169,7 @@ func (a *applier) array(e *node) error {
 
 // value writes the value at the cursor, whose position is n (nil: not named by the policy).
 func (a *applier) value(n *node) error {
-	c := a.s.peek()
+	c := a.s.Peek()
 	switch {
 	case n == nil:
 		switch c {
@@ -202,23 +204,23 @@ func (a *applier) value(n *node) error {
 	if n.children == nil {
 		want = "an array"
 	}
-	return &FieldError{n.path, "got " + kindName(c) + ", want " + want + " (the policy names values inside it)"}
+	return &FieldError{n.path, "got " + canon.KindName(c) + ", want " + want + " (the policy names values inside it)"}
 }
 
 func (a *applier) copy() error {
-	v, err := a.s.skip()
+	v, err := a.s.Skip()
 	a.out = append(a.out, v...)
 	return err
 }
 
 // apply writes the value at the cursor treated by r.
 func (a *applier) apply(r *rule) error {
-	c := a.s.peek()
+	c := a.s.Peek()
 	switch r.action {
 	case Keep:
 		return a.copy()
 	case Drop: // only reached for a top-level misuse; dropped() removes members and elements
-		_, err := a.s.skip()
+		_, err := a.s.Skip()
 		return err
 	}
 	if c == 'n' {
@@ -238,7 +240,7 @@ func (a *applier) apply(r *rule) error {
 
 // pseudonym writes "pn:" + base64url(HMAC-SHA256(domain key, canonical JSON of the value)), cut to pseudonymLen.
 func (a *applier) pseudonym(domain int) error {
-	v, err := a.s.skip()
+	v, err := a.s.Skip()
 	if err != nil {
 		return err
 	}
@@ -282,11 +284,11 @@ func (a *applier) mac(domain int) (hash.Hash, error) {
 
 // band writes the band label of the number at the cursor.
 func (a *applier) band(r *rule) error {
-	c := a.s.peek()
+	c := a.s.Peek()
 	if !isNumber(c) {
-		return &FieldError{r.path, "got " + kindName(c) + ", want a number to generalize"}
+		return &FieldError{r.path, "got " + canon.KindName(c) + ", want a number to generalize"}
 	}
-	v, err := a.s.skip()
+	v, err := a.s.Skip()
 	if err != nil {
 		return err
 	}
@@ -311,11 +313,11 @@ func (a *applier) band(r *rule) error {
 // date writes the month ("YYYY-MM") or year ("YYYY") of the date string at the cursor, as written: an RFC 3339 time
 // keeps its own offset's calendar date, it is not converted to UTC.
 func (a *applier) date(r *rule) error {
-	c := a.s.peek()
+	c := a.s.Peek()
 	if c != '"' {
-		return &FieldError{r.path, "got " + kindName(c) + ", want a date string to generalize"}
+		return &FieldError{r.path, "got " + canon.KindName(c) + ", want a date string to generalize"}
 	}
-	raw, err := a.s.rawString()
+	raw, err := a.s.RawString()
 	if err != nil {
 		return err
 	}
@@ -344,3 +346,8 @@ func isDate(v []byte) bool {
 	_, err := time.Parse(time.RFC3339Nano, string(v))
 	return err == nil
 }
+
+// ErrNotCanonical means Apply was given bytes that are not canonical JSON; canonicalise with canon.Append first.
+var ErrNotCanonical = canon.ErrNotCanonical
+
+func ptr[T any](v T) *T { return &v }

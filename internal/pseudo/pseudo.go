@@ -149,12 +149,12 @@ func Parse(policyJSON []byte) (*Policy, error) {
 	}
 	sum := sha256.Sum256(c)
 	p := &Policy{Version: "sha256:" + hex.EncodeToString(sum[:6]), def: DefaultAction, defDom: -1, root: &node{}}
-	s := &scanner{b: c}
-	if s.peek() != '{' {
-		return nil, &PolicyError{"", "got " + kindName(s.peek()) + ", want an object"}
+	s := ptr(canon.NewScanner(c))
+	if s.Peek() != '{' {
+		return nil, &PolicyError{"", "got " + canon.KindName(s.Peek()) + ", want an object"}
 	}
 	var fields []byte
-	err = s.members(func(_, name []byte) error {
+	err = s.Members(func(_, name []byte) error {
 		switch string(name) {
 		case "default":
 			v, err := str(s, "/default")
@@ -177,10 +177,10 @@ func Parse(policyJSON []byte) (*Policy, error) {
 			}
 			p.defDom = p.domain(v)
 		case "fields":
-			if s.peek() != '{' {
-				return &PolicyError{"/fields", "got " + kindName(s.peek()) + ", want an object"}
+			if s.Peek() != '{' {
+				return &PolicyError{"/fields", "got " + canon.KindName(s.Peek()) + ", want an object"}
 			}
-			fields, _ = s.skip()
+			fields, _ = s.Skip()
 		default:
 			return &PolicyError{pointer(string(name)), "unknown member (want default, domain, fields)"}
 		}
@@ -193,8 +193,8 @@ func Parse(policyJSON []byte) (*Policy, error) {
 		return nil, &PolicyError{"/default", "pseudonym needs a domain"}
 	}
 	if fields != nil {
-		fs := &scanner{b: fields}
-		err := fs.members(func(_, name []byte) error {
+		fs := ptr(canon.NewScanner(fields))
+		err := fs.Members(func(_, name []byte) error {
 			path := string(name)
 			r, err := p.parseRule(fs, path)
 			if err != nil {
@@ -253,31 +253,31 @@ func parseAction(v string) Action {
 }
 
 // str reads a string value from a canonical policy.
-func str(s *scanner, ptr string) (string, error) {
-	if s.peek() != '"' {
-		return "", &PolicyError{ptr, "got " + kindName(s.peek()) + ", want a string"}
+func str(s *canon.Scanner, ptr string) (string, error) {
+	if s.Peek() != '"' {
+		return "", &PolicyError{ptr, "got " + canon.KindName(s.Peek()) + ", want a string"}
 	}
-	r, err := s.rawString()
+	r, err := s.RawString()
 	if err != nil {
 		return "", err
 	}
-	v, err := unescape(r)
+	v, err := canon.Unescape(r)
 	return string(v), err
 }
 
-func (p *Policy) parseRule(s *scanner, path string) (*rule, error) {
+func (p *Policy) parseRule(s *canon.Scanner, path string) (*rule, error) {
 	at := func(m string) string {
 		if m == "" {
 			return pointer("fields", path)
 		}
 		return pointer("fields", path, m)
 	}
-	if s.peek() != '{' {
-		return nil, &PolicyError{at(""), "got " + kindName(s.peek()) + ", want an object with an action"}
+	if s.Peek() != '{' {
+		return nil, &PolicyError{at(""), "got " + canon.KindName(s.Peek()) + ", want an object with an action"}
 	}
 	r := &rule{domain: -1, path: path}
 	var hasDomain, hasBands bool
-	err := s.members(func(_, name []byte) error {
+	err := s.Members(func(_, name []byte) error {
 		m := string(name)
 		switch m {
 		case "action":
@@ -308,17 +308,17 @@ func (p *Policy) parseRule(s *scanner, path string) (*rule, error) {
 			r.to = v
 		case "bands":
 			hasBands = true
-			if s.peek() != '[' {
-				return &PolicyError{at(m), "got " + kindName(s.peek()) + ", want an array of numbers"}
+			if s.Peek() != '[' {
+				return &PolicyError{at(m), "got " + canon.KindName(s.Peek()) + ", want an array of numbers"}
 			}
-			return s.elements(func(i int) error {
+			return s.Elements(func(i int) error {
 				ptr := at(m) + "/" + strconv.Itoa(i)
-				v, err := s.skip()
+				v, err := s.Skip()
 				if err != nil {
 					return err
 				}
 				if !isNumber(v[0]) {
-					return &PolicyError{ptr, "got " + kindName(v[0]) + ", want a number"}
+					return &PolicyError{ptr, "got " + canon.KindName(v[0]) + ", want a number"}
 				}
 				f, err := strconv.ParseFloat(string(v), 64)
 				if err != nil {

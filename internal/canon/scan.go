@@ -1,4 +1,4 @@
-package pseudo
+package canon
 
 import (
 	"bytes"
@@ -6,26 +6,34 @@ import (
 	"unicode/utf8"
 )
 
-// scanner reads canonical JSON (the output of canon.Append: valid, no whitespace, no duplicate names). It checks
-// structure as it goes but does not re-validate what canon already guarantees (number syntax, UTF-8).
-type scanner struct {
+// Scanner walks canonical JSON (the output of Append: valid, no whitespace, no duplicate names) without
+// validating it again: it checks structure as it goes, not what Append already guarantees (number syntax, UTF-8).
+// Packages that read canonical bytes (event validation, field policies) use it instead of decoding them twice.
+type Scanner struct {
 	b []byte
 	i int
 }
 
-// ErrNotCanonical means Apply was given bytes that are not canonical JSON; canonicalize with canon.Append first.
-var ErrNotCanonical = errors.New("payload is not canonical json")
+// NewScanner returns a scanner at the start of b.
+func NewScanner(b []byte) Scanner { return Scanner{b: b} }
 
-func (s *scanner) peek() byte {
+// Pos is the cursor's offset in the input.
+func (s *Scanner) Pos() int { return s.i }
+
+// ErrNotCanonical means bytes given as canonical JSON are not; canonicalise them with Append first.
+var ErrNotCanonical = errors.New("not canonical json")
+
+// Peek returns the byte at the cursor, or 0 at the end.
+func (s *Scanner) Peek() byte {
 	if s.i < len(s.b) {
 		return s.b[s.i]
 	}
 	return 0
 }
 
-// rawString returns the string token at the cursor, quotes included.
-func (s *scanner) rawString() ([]byte, error) {
-	if s.peek() != '"' {
+// RawString returns the string token at the cursor, quotes included, and moves past it.
+func (s *Scanner) RawString() ([]byte, error) {
+	if s.Peek() != '"' {
 		return nil, ErrNotCanonical
 	}
 	for j := s.i + 1; ; {
@@ -48,13 +56,13 @@ func (s *scanner) rawString() ([]byte, error) {
 	}
 }
 
-// skip passes over one value and returns its bytes.
-func (s *scanner) skip() ([]byte, error) {
+// Skip passes over one value and returns its bytes.
+func (s *Scanner) Skip() ([]byte, error) {
 	start, depth := s.i, 0
 	for s.i < len(s.b) {
 		switch s.b[s.i] {
 		case '"':
-			if _, err := s.rawString(); err != nil {
+			if _, err := s.RawString(); err != nil {
 				return nil, err
 			}
 			if depth == 0 {
@@ -84,9 +92,9 @@ func (s *scanner) skip() ([]byte, error) {
 	return nil, ErrNotCanonical
 }
 
-// unescape decodes a canonical string token (quotes included). Canonical strings escape only '"', '\\' and control
+// Unescape decodes a canonical string token (quotes included). Canonical strings escape only '"', '\\' and control
 // characters, so the short escapes and \u00XX are all it needs to handle. The result may alias r.
-func unescape(r []byte) ([]byte, error) {
+func Unescape(r []byte) ([]byte, error) {
 	body := r[1 : len(r)-1]
 	k := 0
 	for k < len(body) && body[k] != '\\' {
@@ -150,32 +158,32 @@ func unescape(r []byte) ([]byte, error) {
 	return out, nil
 }
 
-// members calls fn with each member of the object at the cursor: raw is the name token (quotes included, canonical
+// Members calls fn with each member of the object at the cursor: raw is the name token (quotes included, canonical
 // escaping) and name its decoded form; the cursor is then at the member's value, which fn must consume. Both slices
 // are only valid during the call.
-func (s *scanner) members(fn func(raw, name []byte) error) error {
-	if s.peek() != '{' {
+func (s *Scanner) Members(fn func(raw, name []byte) error) error {
+	if s.Peek() != '{' {
 		return ErrNotCanonical
 	}
 	s.i++
-	if s.peek() == '}' {
+	if s.Peek() == '}' {
 		s.i++
 		return nil
 	}
 	for {
-		raw, err := s.rawString()
-		if err != nil || s.peek() != ':' {
+		raw, err := s.RawString()
+		if err != nil || s.Peek() != ':' {
 			return ErrNotCanonical
 		}
 		s.i++
-		name, err := unescape(raw)
+		name, err := Unescape(raw)
 		if err != nil {
 			return err
 		}
 		if err := fn(raw, name); err != nil {
 			return err
 		}
-		switch s.peek() {
+		switch s.Peek() {
 		case ',':
 			s.i++
 		case '}':
@@ -187,13 +195,13 @@ func (s *scanner) members(fn func(raw, name []byte) error) error {
 	}
 }
 
-// elements calls fn for each element of the array at the cursor; fn must consume the element.
-func (s *scanner) elements(fn func(i int) error) error {
-	if s.peek() != '[' {
+// Elements calls fn for each element of the array at the cursor; fn must consume the element.
+func (s *Scanner) Elements(fn func(i int) error) error {
+	if s.Peek() != '[' {
 		return ErrNotCanonical
 	}
 	s.i++
-	if s.peek() == ']' {
+	if s.Peek() == ']' {
 		s.i++
 		return nil
 	}
@@ -201,7 +209,7 @@ func (s *scanner) elements(fn func(i int) error) error {
 		if err := fn(i); err != nil {
 			return err
 		}
-		switch s.peek() {
+		switch s.Peek() {
 		case ',':
 			s.i++
 		case ']':
@@ -213,8 +221,8 @@ func (s *scanner) elements(fn func(i int) error) error {
 	}
 }
 
-// kindName names the JSON kind of the value starting with c, for error messages (never the value itself).
-func kindName(c byte) string {
+// KindName names the JSON kind of the value starting with c, for error messages (never the value itself).
+func KindName(c byte) string {
 	switch c {
 	case '"':
 		return "a string"
