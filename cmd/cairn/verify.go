@@ -8,8 +8,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 
 	"golang.org/x/mod/sumdb/tlog"
 
@@ -136,7 +138,8 @@ func verifyData(data, storeURL string, full bool, stateFile, pubFile string, jso
 		for _, f := range rep.Failures {
 			fmt.Fprintf(stdout, "FAIL %s\n", f)
 		}
-		for name, ls := range rep.Logs {
+		for _, name := range slices.Sorted(maps.Keys(rep.Logs)) {
+			ls := rep.Logs[name]
 			fmt.Fprintf(stdout, "%s: %d entries, checkpoint %d\n", name, ls.Size, ls.CheckpointSize)
 		}
 	}
