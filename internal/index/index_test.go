@@ -14,49 +14,21 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/mod/sumdb/tlog"
-
 	"github.com/cairn-ai/cairn/internal/event"
 	"github.com/cairn-ai/cairn/internal/store"
 	"github.com/cairn-ai/cairn/internal/store/local"
+	"github.com/cairn-ai/cairn/internal/store/storetest"
 )
 
 // appendEntries appends entries to lg in batches, computing the tree's stored hashes as the ledger does.
 func appendEntries(tb testing.TB, lg store.Log, entries []store.Entry) {
 	tb.Helper()
-	var leaf []byte
 	for len(entries) > 0 {
 		n := min(len(entries), 1000)
-		b := &store.Batch{Start: lg.Size(), Entries: entries[:n]}
-		entries = entries[n:]
-		base := tlog.StoredHashCount(int64(b.Start))
-		r := tlog.HashReaderFunc(func(idx []int64) ([]tlog.Hash, error) {
-			out := make([]tlog.Hash, len(idx))
-			for i, x := range idx {
-				if x >= base {
-					out[i] = b.Hashes[x-base]
-					continue
-				}
-				h, err := lg.ReadHashes([]int64{x})
-				if err != nil {
-					return nil, err
-				}
-				out[i] = h[0]
-			}
-			return out, nil
-		})
-		for i := range b.Entries {
-			b.Entries[i].Index = b.Start + uint64(i)
-			leaf = b.Entries[i].AppendLeaf(leaf[:0])
-			hs, err := tlog.StoredHashes(int64(b.Start)+int64(i), leaf, r)
-			if err != nil {
-				tb.Fatal(err)
-			}
-			b.Hashes = append(b.Hashes, hs...)
-		}
-		if err := lg.Append(context.Background(), b); err != nil {
+		if err := storetest.Append(context.Background(), lg, entries[:n]); err != nil {
 			tb.Fatal(err)
 		}
+		entries = entries[n:]
 	}
 }
 

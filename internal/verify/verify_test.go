@@ -158,28 +158,8 @@ func (tl *testLog) append(t *testing.T, n int) {
 		b.Entries = append(b.Entries, e)
 		tl.next++
 	}
-	base := tlog.StoredHashCount(int64(b.Start))
-	r := tlog.HashReaderFunc(func(idx []int64) ([]tlog.Hash, error) {
-		out := make([]tlog.Hash, len(idx))
-		for i, x := range idx {
-			if x >= base {
-				out[i] = b.Hashes[x-base]
-				continue
-			}
-			h, err := tl.lg.ReadHashes([]int64{x})
-			if err != nil {
-				return nil, err
-			}
-			out[i] = h[0]
-		}
-		return out, nil
-	})
-	for i := range b.Entries {
-		hs, err := tlog.StoredHashes(int64(b.Start)+int64(i), b.Entries[i].AppendLeaf(nil), r)
-		if err != nil {
-			t.Fatal(err)
-		}
-		b.Hashes = append(b.Hashes, hs...)
+	if err := store.HashBatch(tl.lg, b); err != nil {
+		t.Fatal(err)
 	}
 	if err := tl.lg.Append(context.Background(), b); err != nil {
 		t.Fatal(err)
