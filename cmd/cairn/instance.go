@@ -37,6 +37,18 @@ func (p paths) keyring() string    { return filepath.Join(p.data, "keys", "perio
 func (p paths) tokens() string     { return filepath.Join(p.data, "tokens.json") }
 func (p paths) adminToken() string { return filepath.Join(p.data, "admin.token") }
 func (p paths) index() string      { return filepath.Join(p.data, "index.db") }
+func (p paths) vault() string      { return filepath.Join(p.data, "vault", "vault.db") }
+
+// vaultKeyPath is where the token vault's key is: flag, CAIRN_VAULT_KEY_FILE, or DATA/keys/vault.key.
+func (p paths) vaultKeyPath(flagValue string) string {
+	switch {
+	case flagValue != "":
+		return flagValue
+	case os.Getenv("CAIRN_VAULT_KEY_FILE") != "":
+		return os.Getenv("CAIRN_VAULT_KEY_FILE")
+	}
+	return filepath.Join(p.data, "keys", "vault.key")
+}
 
 func defaultPaths(data, signingKey, kek string) paths {
 	if signingKey == "" {

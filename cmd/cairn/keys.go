@@ -96,6 +96,11 @@ func keysRotate(args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("%w (nothing is lost: run the same command again to finish; both KEK files are still needed)", err)
 	}
 	fmt.Fprintf(stdout, "rewrapped %d key(s) from %s to %s in %s\n", n, old.ID(), next.ID(), kr)
+	if n > 0 || key != nil {
+		if err := queueAdmin(p, cliActor(), map[string]any{"action": "kek_rotated", "kek_id": next.ID(), "count": n}); err != nil {
+			return err
+		}
+	}
 	fmt.Fprintf(stdout, "next: point --kek (or CAIRN_KEK_FILE) at %s, check with 'cairn verify --data %s --decrypt --kek %s' and start the server with it; then delete the old KEK %s and every copy of it\n",
 		*newKEK, *data, *newKEK, p.kek)
 	return nil

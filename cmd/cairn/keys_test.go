@@ -127,7 +127,7 @@ func TestKeysRotateReadBack(t *testing.T) {
 	if err := os.Remove(filepath.Join(dir, "keys", "kek-1")); err != nil {
 		t.Fatal(err)
 	}
-	if out := must("verify", "--data", "data", "--decrypt", "--kek", "keys/kek-2", "--full"); !strings.Contains(out, "verified: 3 entries checked") {
+	if out := must("verify", "--data", "data", "--decrypt", "--kek", "keys/kek-2", "--full"); !strings.Contains(out, "verified: 4 entries checked") {
 		t.Fatalf("verify after rotation:\n%s", out)
 	}
 
@@ -144,13 +144,19 @@ func TestKeysRotateReadBack(t *testing.T) {
 			t.Fatalf("event %d payload = %s (%v)", i, r.Payload, err)
 		}
 	}
+	// The offline rotation was recorded in _admin at start: who, and which KEK now wraps the keys.
+	if st, b := do("GET", "/v1/systems/_admin/events/1", ""); st != 200 || !strings.Contains(string(b), `\"action\":\"kek_rotated\"`) &&
+		!strings.Contains(string(b), `"action":"kek_rotated"`) || !strings.Contains(string(b), "cli:") {
+		t.Errorf("_admin event 1 = %d %s, want the kek_rotated record", st, b)
+	}
 	// Ingest goes on under the new KEK in the same period.
 	if st, b := do("POST", "/v1/systems/credit-scoring/events", `{"type":"inference","model":{"name":"credit","version":"3"},"payload":{"subject":"applicant-19","output":{"score":650}}}`); st != 200 {
 		t.Fatalf("ingest after rotation: %d %s", st, b)
 	}
 	stop()
-	// Two access events and one inference were added; everything opens with the new KEK alone.
-	if out := must("verify", "--data", "data", "--decrypt", "--kek", "keys/kek-2", "--full"); !strings.Contains(out, "verified: 6 entries checked") {
+	// The rotation record, two access events to credit-scoring, one to _admin and one inference were added;
+	// everything opens with the new KEK alone.
+	if out := must("verify", "--data", "data", "--decrypt", "--kek", "keys/kek-2", "--full"); !strings.Contains(out, "verified: 9 entries checked") {
 		t.Fatalf("final verify:\n%s", out)
 	}
 	if _, err := os.Stat(filepath.Join(dir, "data", "keys", "kek")); err == nil {

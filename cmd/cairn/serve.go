@@ -24,6 +24,7 @@ import (
 	"github.com/cairn-ai/cairn/internal/store"
 	"github.com/cairn-ai/cairn/internal/store/local"
 	"github.com/cairn-ai/cairn/internal/store/pg"
+	"github.com/cairn-ai/cairn/internal/vault"
 )
 
 func cmdServe(args []string, stdout, stderr io.Writer) error {
@@ -43,6 +44,7 @@ func cmdServe(args []string, stdout, stderr io.Writer) error {
 	clientCA := fs.String("client-ca", "", "require client certificates signed by this CA (PEM): mutual TLS")
 	insecure := fs.Bool("insecure", false, "allow plaintext HTTP on a non-loopback address")
 	keyringDir := fs.String("keyring", os.Getenv("CAIRN_KEYRING"), "directory of the KEK-wrapped period keys (env CAIRN_KEYRING; default DATA/keys/periods); nodes sharing a PostgreSQL store must share it")
+	vaultKey := fs.String("vault-key", "", "token vault key file (env CAIRN_VAULT_KEY_FILE; default DATA/keys/vault.key); keep it apart from the KEK")
 	storeURL := fs.String("store", os.Getenv("CAIRN_STORE"), "keep the logs in PostgreSQL (postgres://…; env CAIRN_STORE) instead of DATA/logs; run 'cairn migrate' first")
 	if err := fs.Parse(args); err != nil {
 		return errUsage
@@ -124,10 +126,36 @@ func cmdServe(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer stop()
-	l, err := ledger.Open(ctx, ledger.Config{Origin: cfg.Origin, CheckpointInterval: *cpInterval, DedupWindow: *dedup, Logger: logger}, st, keys, sk)
+	// The token vault is a file of this node's data directory, so it serves only the embedded store: nodes over
+	// one PostgreSQL store would each hold a different vault. Without it, vault policies are refused.
+	var vlt *vault.Vault
+	lcfg := ledger.Config{Origin: cfg.Origin, CheckpointInterval: *cpInterval, DedupWindow: *dedup, Logger: logger}
+	if *storeURL == "" {
+		vk, vkNew, err := vault.LoadKey(p.vaultKeyPath(*vaultKey), true)
+		if err != nil {
+			st.Close()
+			return err
+		}
+		if vkNew {
+			fmt.Fprintf(stdout, "created token vault key:  %s\n", p.vaultKeyPath(*vaultKey))
+		}
+		if vlt, err = vault.Open(p.vault(), vk); err != nil {
+			st.Close()
+			return err
+		}
+		defer vlt.Close()
+		lcfg.Vault = vlt
+	}
+	l, err := ledger.Open(ctx, lcfg, st, keys, sk)
 	if err != nil {
 		st.Close()
 		return err
+	}
+	if n, err := recordPendingAdmin(ctx, p, l); err != nil {
+		l.Close()
+		return err
+	} else if n > 0 {
+		logger.Info("recorded offline administration in _admin", "records", n)
 	}
 	idx, stopIndex, err := startIndex(ctx, p, l, logger)
 	if err != nil {
@@ -135,7 +163,7 @@ func cmdServe(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	srv := &http.Server{
-		Handler:           api.New(api.Config{MaxBody: *maxBody, OpenEntries: *openEntries, Logger: logger}, l, tokens, idx),
+		Handler:           api.New(api.Config{MaxBody: *maxBody, OpenEntries: *openEntries, Vault: vlt, Logger: logger}, l, tokens, idx),
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 	}

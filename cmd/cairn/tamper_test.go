@@ -626,7 +626,7 @@ func TestTamper(t *testing.T) {
 			}
 			before := evidence(t, dir)
 			out, code := verifyStoreCLI(t, dir, filepath.Join(t.TempDir(), "state.json"), "--full")
-			if code != 0 || !strings.Contains(out, "301 entries checked") {
+			if code != 0 || !strings.Contains(out, "302 entries checked") {
 				t.Errorf("clean store (state deleted: %v): exit %d\n%s", deleteState, code, out)
 			}
 			if !maps.Equal(before, evidence(t, dir)) {
@@ -661,7 +661,7 @@ func TestTamper(t *testing.T) {
 	t.Run("Incremental", func(t *testing.T) {
 		dir := copyStore(t, base.early)
 		state := filepath.Join(t.TempDir(), "state.json")
-		if out, code := verifyStoreCLI(t, dir, state); code != 0 || !strings.Contains(out, "201 entries checked") {
+		if out, code := verifyStoreCLI(t, dir, state); code != 0 || !strings.Contains(out, "202 entries checked") {
 			t.Fatalf("verify the earlier store: exit %d\n%s", code, out)
 		}
 		// The log grew: an incremental verification checks only the new entries.

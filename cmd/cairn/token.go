@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/user"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -47,7 +48,24 @@ func openTokens(data string) (*api.Tokens, error) {
 	if _, _, err := loadConfig(p, "", false); err != nil {
 		return nil, err
 	}
-	return api.LoadTokens(p.tokens())
+	t, err := api.LoadTokens(p.tokens())
+	if err != nil {
+		return nil, err
+	}
+	// The server records changes made through the file in _admin, attributed to whoever ran the command.
+	t.SetBy(cliActor())
+	return t, nil
+}
+
+// cliActor names the operating-system user running a command, as an _admin record's actor: "cli:USER".
+func cliActor() string {
+	if u, err := user.Current(); err == nil && u.Username != "" {
+		return "cli:" + u.Username
+	}
+	if u := os.Getenv("USER"); u != "" {
+		return "cli:" + u
+	}
+	return "cli:unknown"
 }
 
 func tokenCreate(args []string, stdout, stderr io.Writer) error {

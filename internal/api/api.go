@@ -31,6 +31,7 @@ import (
 	"github.com/cairn-ai/cairn/internal/event"
 	"github.com/cairn-ai/cairn/internal/index"
 	"github.com/cairn-ai/cairn/internal/ledger"
+	"github.com/cairn-ai/cairn/internal/vault"
 )
 
 //go:embed openapi.yaml
@@ -52,7 +53,9 @@ type Config struct {
 	// AuthFailureAddrs bounds how many client addresses the failure limit tracks (default 10000); the least
 	// recently failing address is forgotten first.
 	AuthFailureAddrs int
-	Logger           *slog.Logger
+	// Vault is the token vault, for re-identification and erasure; nil: those routes answer 503.
+	Vault  *vault.Vault
+	Logger *slog.Logger
 }
 
 // Server is the HTTP API.
@@ -69,6 +72,7 @@ type Server struct {
 	limited   atomic.Int64
 	failures  *failLimiter // nil: no limit
 	bufs      sync.Pool
+	tokenLog  sync.Mutex // serialises recording token changes in _admin
 }
 
 // Index answers queries; the SQLite follower implements it. It may be nil (queries then answer 503).
@@ -123,6 +127,15 @@ func New(cfg Config, l *ledger.Ledger, t *Tokens, idx Index) *Server {
 	m.HandleFunc("POST /v1/tokens", s.createToken)
 	m.HandleFunc("GET /v1/tokens", s.listTokens)
 	m.HandleFunc("DELETE /v1/tokens/{id}", s.revokeToken)
+	m.HandleFunc("POST /v1/systems/{system}/reidentify", s.reidentify)
+	m.HandleFunc("POST /v1/reidentify/{id}/approve", s.approveReidentify)
+	m.HandleFunc("GET /v1/reidentify/{id}", s.collectReidentify)
+	m.HandleFunc("POST /v1/vault/erase", s.eraseSubject)
+	if t != nil && l != nil { // nil for a server that only describes itself (tests of the OpenAPI document)
+		if err := s.SyncTokenLog(context.Background()); err != nil {
+			cfg.Logger.Error("recording token changes in _admin", "err", err)
+		}
+	}
 	return s
 }
 
@@ -143,6 +156,12 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.Serve
 // authorize returns the caller if it holds role for system; otherwise it answers 401/403 and returns nil. A
 // missing, unknown, revoked or expired token gets the same 401, or 429 once the client address has failed too often.
 func (s *Server) authorize(w http.ResponseWriter, r *http.Request, role, system string) *Principal {
+	if s.tokens.HasUnlogged() {
+		if err := s.SyncTokenLog(r.Context()); err != nil {
+			// Tokens whose creation is not recorded do not authenticate; every other one still does.
+			s.cfg.Logger.Error("recording token changes in _admin", "err", err)
+		}
+	}
 	tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 	var p *Principal
 	if ok {
@@ -744,6 +763,8 @@ func (s *Server) createToken(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	s.tokenLog.Lock() // so that SyncTokenLog cannot record this token as a change through the file
+	defer s.tokenLog.Unlock()
 	tok, ti, err := s.tokens.Issue(Principal{Name: req.Principal, Roles: req.Roles, Systems: req.Systems}, ttl)
 	if err != nil {
 		writeError(w, err)
@@ -777,6 +798,8 @@ func (s *Server) revokeToken(w http.ResponseWriter, r *http.Request) {
 	if admin == nil {
 		return
 	}
+	s.tokenLog.Lock()
+	defer s.tokenLog.Unlock()
 	ti, err := s.tokens.Revoke(r.PathValue("id"))
 	if err != nil {
 		writeError(w, err)
@@ -790,15 +813,45 @@ func (s *Server) revokeToken(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNoContent)
 }
 
+// SyncTokenLog records in _admin the token changes made through the token file (by `cairn token`, or the first
+// start's admin token) that it does not hold yet. A created token authenticates only once recorded.
+func (s *Server) SyncTokenLog(ctx context.Context) error {
+	s.tokenLog.Lock()
+	defer s.tokenLog.Unlock()
+	for _, c := range s.tokens.Unlogged() {
+		actor := c.By
+		if actor == "" {
+			actor = "token-file"
+		}
+		if err := s.recordTokenChange(ctx, actor, c.Action, c.Info); err != nil {
+			return err
+		}
+		if err := s.tokens.MarkLogged(c); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // recordAdmin appends a token administration event to the _admin log; the token's principal goes in the sealed
 // payload, since a principal may name a person.
 func (s *Server) recordAdmin(r *http.Request, admin *Principal, action string, ti TokenInfo) error {
+	if err := s.recordTokenChange(r.Context(), admin.Name, action, ti); err != nil {
+		return err
+	}
+	return s.tokens.MarkLogged(TokenChange{Action: action, Info: ti})
+}
+
+func (s *Server) recordTokenChange(ctx context.Context, actor, action string, ti TokenInfo) error {
 	attrs := map[string]any{"action": action, "token_id": ti.ID, "roles": ti.Roles}
 	if len(ti.Systems) > 0 {
 		attrs["systems"] = ti.Systems
 	}
+	if ti.Expires != nil {
+		attrs["expires"] = ti.Expires.UTC().Format(time.RFC3339)
+	}
 	raw, _ := json.Marshal(map[string]any{"type": "admin", "attrs": attrs, "payload": map[string]any{"principal": ti.Principal.Name}})
-	_, err := s.ledger.AppendServer(r.Context(), ledger.AdminLog, raw, admin.Name)
+	_, err := s.ledger.AppendServer(ctx, ledger.AdminLog, raw, actor)
 	return err
 }
 

@@ -124,7 +124,68 @@ func (ti *TokenInfo) State(now time.Time) string {
 type tokenRecord struct {
 	TokenInfo
 	Hash string `json:"sha256"` // hex SHA-256 of the token; tokens themselves are never stored
+	// Logged is how much of this token's history the _admin log holds: "" nothing, "created", or "revoked".
+	// Changes made to the file by `cairn token` (not through the API) are recorded by the server, which fills it.
+	Logged string `json:"logged,omitempty"`
+	// By names who made the last change through the file, for the _admin record ("cli:USER").
+	By string `json:"by,omitempty"`
 }
+
+// Token history states, as tokenRecord.Logged holds them.
+const (
+	loggedCreated = "created"
+	loggedRevoked = "revoked"
+)
+
+// TokenChange is a change to the token table that the _admin log does not hold yet.
+type TokenChange struct {
+	Action string // "token_created" or "token_revoked"
+	Info   TokenInfo
+	By     string // who made it through the token file; "" when unknown
+}
+
+// Unlogged lists the changes to the token table not yet recorded in _admin, oldest token first.
+func (t *Tokens) Unlogged() []TokenChange {
+	t.reload()
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	var out []TokenChange
+	for _, r := range t.recs {
+		if r.Logged == "" {
+			out = append(out, TokenChange{"token_created", r.TokenInfo, r.By})
+		}
+		if r.Revoked != nil && r.Logged != loggedRevoked {
+			out = append(out, TokenChange{"token_revoked", r.TokenInfo, r.By})
+		}
+	}
+	return out
+}
+
+// MarkLogged records that _admin now holds the change c.
+func (t *Tokens) MarkLogged(c TokenChange) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if err := t.fresh(); err != nil {
+		return err
+	}
+	i := slices.IndexFunc(t.recs, func(r tokenRecord) bool { return r.ID == c.Info.ID })
+	if i < 0 {
+		return ErrUnknownToken
+	}
+	want := loggedCreated
+	if c.Action == "token_revoked" {
+		want = loggedRevoked
+	}
+	if t.recs[i].Logged == want || t.recs[i].Logged == loggedRevoked {
+		return nil
+	}
+	recs := slices.Clone(t.recs)
+	recs[i].Logged = want
+	return t.write(recs)
+}
+
+// SetBy makes the next changes through this table be attributed to by in _admin ("cli:USER").
+func (t *Tokens) SetBy(by string) { t.by = by }
 
 // Errors of token administration.
 var (
@@ -141,6 +202,28 @@ type Tokens struct {
 	mu   sync.RWMutex
 	recs []tokenRecord
 	fi   fs.FileInfo // of the file when read, to notice a change made by another process
+	by   string      // see SetBy
+	// unlogged counts records with a change _admin does not hold yet.
+	unlogged int
+}
+
+func countUnlogged(recs []tokenRecord) int {
+	n := 0
+	for _, r := range recs {
+		if r.Logged == "" || r.Revoked != nil && r.Logged != loggedRevoked {
+			n++
+		}
+	}
+	return n
+}
+
+// HasUnlogged reports whether the table holds a change that _admin does not (cheap: no file access beyond the
+// change check every call makes).
+func (t *Tokens) HasUnlogged() bool {
+	t.reload()
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	return t.unlogged > 0
 }
 
 // LoadTokens reads the token file (a missing file is an empty table).
@@ -177,7 +260,7 @@ func (t *Tokens) read() error {
 			recs[i].ID = "tok_" + strings.ToLower(base32.StdEncoding.EncodeToString(h[:]))[:8]
 		}
 	}
-	t.recs, t.fi = recs, fi
+	t.recs, t.fi, t.unlogged = recs, fi, countUnlogged(recs)
 	return nil
 }
 
@@ -246,7 +329,7 @@ func (t *Tokens) Issue(p Principal, ttl time.Duration) (string, TokenInfo, error
 	for ti.ID == "" || slices.ContainsFunc(t.recs, func(r tokenRecord) bool { return r.ID == ti.ID }) {
 		ti.ID = "tok_" + strings.ToLower(rand.Text()[:8])
 	}
-	recs := append(slices.Clip(t.recs), tokenRecord{TokenInfo: ti, Hash: hex.EncodeToString(h[:])})
+	recs := append(slices.Clip(t.recs), tokenRecord{TokenInfo: ti, Hash: hex.EncodeToString(h[:]), By: t.by})
 	if err := t.write(recs); err != nil {
 		return "", TokenInfo{}, err
 	}
@@ -309,7 +392,7 @@ func (t *Tokens) Revoke(id string) (TokenInfo, error) {
 	}
 	recs := slices.Clone(t.recs)
 	rt := now.Truncate(time.Second)
-	recs[i].Revoked = &rt
+	recs[i].Revoked, recs[i].By = &rt, t.by
 	if err := t.write(recs); err != nil {
 		return TokenInfo{}, err
 	}
@@ -334,7 +417,7 @@ func (t *Tokens) write(recs []tokenRecord) error {
 	if err := atomicfile.Write(t.path, append(b, '\n'), 0o600); err != nil {
 		return err
 	}
-	t.recs = recs
+	t.recs, t.unlogged = recs, countUnlogged(recs)
 	t.fi, _ = os.Stat(t.path)
 	return nil
 }
@@ -353,7 +436,10 @@ func (t *Tokens) Authenticate(token string) *Principal {
 	defer t.mu.RUnlock()
 	var found *Principal
 	for i := range t.recs {
-		if subtle.ConstantTimeCompare([]byte(t.recs[i].Hash), []byte(want)) == 1 && t.recs[i].State(now) == TokenActive {
+		// A token authenticates only once its creation is recorded in _admin (Server records changes made through
+		// the file before it authenticates anyone).
+		if subtle.ConstantTimeCompare([]byte(t.recs[i].Hash), []byte(want)) == 1 && t.recs[i].State(now) == TokenActive &&
+			t.recs[i].Logged != "" {
 			p := t.recs[i].Principal
 			p.Roles, p.Systems = slices.Clone(p.Roles), slices.Clone(p.Systems)
 			found = &p

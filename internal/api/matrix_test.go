@@ -16,8 +16,10 @@ import (
 
 	"github.com/cairn-ai/cairn/internal/index"
 	"github.com/cairn-ai/cairn/internal/ledger"
+	"github.com/cairn-ai/cairn/internal/pseudo"
 	"github.com/cairn-ai/cairn/internal/seal"
 	"github.com/cairn-ai/cairn/internal/store/local"
+	"github.com/cairn-ai/cairn/internal/vault"
 )
 
 // testServer is a server on a fresh data directory with the system "credit" registered and one event in it,
@@ -28,6 +30,14 @@ type testServer struct {
 	tokens *Tokens
 	path   string // of the token file
 	root   string // an unscoped admin token
+	vault  *vault.Vault
+}
+
+// vaultPutter gives the ledger the vault the test server's Config ends up with.
+type vaultPutter struct{ cfg *Config }
+
+func (v vaultPutter) Put(ctx context.Context, e []pseudo.VaultEntry) error {
+	return v.cfg.Vault.Put(ctx, e)
 }
 
 func newTestServer(t *testing.T, cfg Config) *testServer {
@@ -42,7 +52,8 @@ func newTestServer(t *testing.T, cfg Config) *testServer {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, err := ledger.Open(context.Background(), ledger.Config{Origin: "test.example", CheckpointInterval: 5 * time.Millisecond}, st, keys, sk)
+	l, err := ledger.Open(context.Background(), ledger.Config{Origin: "test.example", CheckpointInterval: 5 * time.Millisecond,
+		Vault: vaultPutter{&cfg}}, st, keys, sk)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -56,6 +67,15 @@ func newTestServer(t *testing.T, cfg Config) *testServer {
 		t.Fatal(err)
 	}
 	ts.root = ts.token(t, "root", RoleAdmin, "")
+	if cfg.Vault == nil {
+		vk := make([]byte, vault.KeySize)
+		rand.Read(vk)
+		if cfg.Vault, err = vault.Open(filepath.Join(dir, "vault.db"), vk); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cfg.Vault.Close() })
+	}
+	ts.vault = cfg.Vault
 	ts.Server = New(cfg, l, ts.tokens, LedgerIndex(x, l))
 	ts.srv = httptest.NewServer(ts.Server)
 	t.Cleanup(ts.srv.Close)
@@ -78,7 +98,8 @@ func newTestServer(t *testing.T, cfg Config) *testServer {
 }
 
 const (
-	credit = `{"id":"credit","name":"Credit","intended_purpose":"scoring","provider":"Acme"}`
+	credit = `{"id":"credit","name":"Credit","intended_purpose":"scoring","provider":"Acme",
+		"field_policy":{"domain":"customers","fields":{"subject":{"action":"vault"}}}}`
 	event1 = `[{"type":"inference","model":{"name":"m","version":"1"},"payload":{"output":1}}]`
 )
 
@@ -175,6 +196,18 @@ var matrix = map[string][]matrixCase{
 		{access: access{role: RoleAdmin, global: true}, body: `{"principal":"new","roles":["ingest"],"systems":["credit"]}`, path: fixed("/v1/tokens")},
 		{access: access{role: RoleAdmin, global: true}, body: `{"principal":"new","roles":["root"]}`, path: fixed("/v1/tokens"), invalid: true},
 	},
+	"POST /v1/systems/{system}/reidentify": {
+		{access: access{role: RoleDPO, scoped: true}, body: `{"pseudonyms":["pn:x"],"purpose":"matrix"}`, path: fixed("/v1/systems/credit/reidentify")},
+		{access: access{role: RoleDPO, scoped: true}, body: `{"pseudonyms":["pn:x"]}`, path: fixed("/v1/systems/credit/reidentify"), invalid: true},
+	},
+	"POST /v1/reidentify/{id}/approve": {{access: access{role: RoleDPO, scoped: true}, path: func(t *testing.T, ts *testServer) string {
+		return pendingRequest(t, ts) + "/approve"
+	}}},
+	"GET /v1/reidentify/{id}": {{access: access{role: RoleDPO, scoped: true}, path: pendingRequest}},
+	"POST /v1/vault/erase": {
+		{access: access{role: RoleDPO, global: true}, body: `{"domain":"customers","pseudonyms":["pn:x"]}`, path: fixed("/v1/vault/erase")},
+		{access: access{role: RoleDPO, global: true}, body: `{"domain":"customers"}`, path: fixed("/v1/vault/erase"), invalid: true},
+	},
 	"GET /v1/tokens": {{access: access{role: RoleAdmin, global: true}, path: fixed("/v1/tokens")}},
 	"DELETE /v1/tokens/{id}": {{access: access{role: RoleAdmin, global: true}, path: func(t *testing.T, ts *testServer) string {
 		_, ti, err := ts.tokens.Issue(Principal{Name: "victim", Roles: []string{RoleIngest}}, 0)
@@ -183,6 +216,16 @@ var matrix = map[string][]matrixCase{
 		}
 		return "/v1/tokens/" + ti.ID
 	}}},
+}
+
+// pendingRequest makes a re-identification request of system credit by a dpo none of the matrix's callers is.
+func pendingRequest(t *testing.T, ts *testServer) string {
+	rq, err := ts.vault.CreateRequest(context.Background(), vault.Request{System: "credit", Requester: "dpo-elsewhere",
+		Purpose: "matrix", Pseudonyms: []string{"pn:x"}, Approvals: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return "/v1/reidentify/" + rq.ID
 }
 
 // TestRoleRouteMatrix asks every route as every role, with a token for every system, one limited to the system

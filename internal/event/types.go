@@ -162,7 +162,7 @@ var Specs = map[string]*Spec{
 		"at": {Kind: KindTimestamp}, "checkpoint_size": {Kind: KindNonNegative},
 	})},
 	"access": {Class: ClassLog, Require: []string{"action"}, Attrs: attrs(map[string]Attr{
-		"action": {Kind: KindString, Enum: []string{"read", "export", "reidentify", "query"}},
+		"action": {Kind: KindString, Enum: []string{"read", "export", "reidentify", "reidentify_request", "reidentify_approve", "query"}},
 		"scope":  {Kind: KindString}, "legal_basis": {Kind: KindString}, "accessor_org": {Kind: KindString},
 		"export_format": {Kind: KindString},
 	})},
@@ -183,8 +183,11 @@ var Specs = map[string]*Spec{
 	})},
 	// admin records administration of the instance (tokens, keys) in the "_admin" log.
 	"admin": {Class: ClassDoc, ServerOnly: true, Require: []string{"action"}, Attrs: attrs(map[string]Attr{
-		"action":   {Kind: KindString, Enum: []string{"token_created", "token_revoked"}},
+		"action": {Kind: KindString, Enum: []string{"token_created", "token_revoked", "vault_erased", "kek_rotated",
+			"signing_key_rotated"}},
 		"token_id": {Kind: KindString}, "roles": {Kind: KindStrings}, "systems": {Kind: KindStrings},
+		"domain": {Kind: KindString}, "kek_id": {Kind: KindString}, "count": {Kind: KindNonNegative},
+		"vkey": {Kind: KindString}, "record_id": {Kind: KindString},
 		"expires": {Kind: KindTimestamp},
 	})},
 	"gate": {Class: ClassDoc, Require: []string{"result"}, Attrs: attrs(map[string]Attr{

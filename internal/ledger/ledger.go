@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/cairn-ai/cairn/internal/event"
+	"github.com/cairn-ai/cairn/internal/pseudo"
 	"github.com/cairn-ai/cairn/internal/seal"
 	"github.com/cairn-ai/cairn/internal/store"
 	"github.com/cairn-ai/cairn/internal/system"
@@ -40,8 +41,16 @@ type Config struct {
 	// whose UUIDv7 time is further in the past are rejected rather than risk a silent duplicate.
 	DedupWindow time.Duration
 	// Now returns the current time (tests inject a clock).
-	Now    func() time.Time
+	Now func() time.Time
+	// Vault stores the originals of values a field policy marks "vault". Without one, a system whose policy has a
+	// vault rule cannot be registered, and its events are refused.
+	Vault  Vault
 	Logger *slog.Logger
+}
+
+// Vault is the token vault as the ledger uses it: Put must be durable when it returns.
+type Vault interface {
+	Put(ctx context.Context, entries []pseudo.VaultEntry) error
 }
 
 func (c *Config) fill() {
@@ -186,6 +195,11 @@ func (l *Ledger) Register(ctx context.Context, def []byte, actor string) (uint64
 	d, canonical, err := system.Parse(def)
 	if err != nil {
 		return 0, false, err
+	}
+	if len(d.FieldPolicy) > 0 && l.cfg.Vault == nil {
+		if pol, err := pseudo.Parse(d.FieldPolicy); err == nil && pol.NeedsVault() {
+			return 0, false, &system.FieldError{Field: "/field_policy", Reason: "the vault action needs a token vault, and this server runs without one"}
+		}
 	}
 	l.mu.Lock()
 	if l.closed {

@@ -1,6 +1,7 @@
 package ledger
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -42,15 +43,41 @@ type Prepared struct {
 	head, tail []byte
 	contentKey [16]byte
 	salt       [16]byte
-	digest     hash.Hash // SHA-256 over salt and head; the sequencer adds the recorded time and the tail
+	digest     hash.Hash           // SHA-256 over salt and head; the sequencer adds the recorded time and the tail
+	vault      []pseudo.VaultEntry // originals for the token vault, stored before the event is sequenced
 }
 
-// pseudoKeys gives the field policy its pseudonymisation domain keys, kept in the keyring wrapped by the KEK.
-type pseudoKeys struct{ keys *seal.Keyring }
+// pseudoKeys gives the field policy its pseudonymisation domain keys, kept in the keyring wrapped by the KEK: one
+// key per domain and key period (the policy's rotation), so a domain's pseudonyms link across systems that share it.
+type pseudoKeys struct {
+	keys   *seal.Keyring
+	period string // "" when the policy does not rotate
+}
 
 func (k pseudoKeys) DomainKey(domain string) ([]byte, error) {
+	return k.keys.Secret(domainSecret(domain, k.period))
+}
+
+// domainSecret names a domain key in the keyring. Keys of the unrotated period keep the name they had before
+// rotation existed, so pseudonyms made then still link.
+func domainSecret(domain, period string) string {
 	h := sha256.Sum256([]byte(domain))
-	return k.keys.Secret("pseudo-" + hex.EncodeToString(h[:12]))
+	name := "pseudo-" + hex.EncodeToString(h[:12])
+	if period != "" {
+		name += "-" + period
+	}
+	return name
+}
+
+// vaultKeys is pseudoKeys that also collects the originals of vaulted values for one event.
+type vaultKeys struct {
+	pseudoKeys
+	entries *[]pseudo.VaultEntry
+}
+
+func (k vaultKeys) Vault(domain, pseudonym string, value []byte) error {
+	*k.entries = append(*k.entries, pseudo.VaultEntry{Domain: domain, Pseudonym: pseudonym, Value: bytes.Clone(value)})
+	return nil
 }
 
 // ID returns the event's id.
@@ -321,7 +348,14 @@ func (lg *Log) Prepare(ev *event.Event, actor string) (*Prepared, error) {
 	}
 	// Pseudonymise before anything is sealed or written: the payload that leaves Prepare is the policy's.
 	if d := lg.Definition(); d != nil && d.Policy != nil && ev.Payload != nil && !ev.Spec.ServerOnly {
-		out, err := d.Policy.Apply(make([]byte, 0, len(ev.Payload)), ev.Payload, pseudoKeys{lg.l.keys})
+		var keys pseudo.Keys = pseudoKeys{lg.l.keys, d.Policy.KeyPeriod(now)}
+		if d.Policy.NeedsVault() {
+			if lg.l.cfg.Vault == nil {
+				return nil, fmt.Errorf("field policy: %w", pseudo.ErrVaultRequired)
+			}
+			keys = vaultKeys{keys.(pseudoKeys), &p.vault}
+		}
+		out, err := d.Policy.Apply(make([]byte, 0, len(ev.Payload)), ev.Payload, keys)
 		if err != nil {
 			var fe *pseudo.FieldError
 			if errors.As(err, &fe) {
@@ -398,6 +432,18 @@ func (lg *Log) sealFor(p *Prepared, t time.Time) error {
 func (lg *Log) Append(ctx context.Context, items []*Prepared) ([]Receipt, error) {
 	if len(items) == 0 {
 		return nil, nil
+	}
+	// The originals of vaulted values are durable in the token vault before their events can be acknowledged, or
+	// an acknowledged pseudonym could be irreversible. An entry written for an event that then fails is harmless:
+	// it maps a pseudonym to its own original.
+	var vaulted []pseudo.VaultEntry
+	for _, p := range items {
+		vaulted = append(vaulted, p.vault...)
+	}
+	if len(vaulted) > 0 {
+		if err := lg.l.cfg.Vault.Put(ctx, vaulted); err != nil {
+			return nil, fmt.Errorf("token vault: %w", err)
+		}
 	}
 	if n := lg.pending.Add(int64(len(items))); n > int64(lg.l.cfg.MaxQueue) && n != int64(len(items)) {
 		lg.pending.Add(-int64(len(items)))

@@ -24,8 +24,24 @@ type Keys interface {
 // KeySize is the length of a domain key.
 const KeySize = 32
 
-// ErrVaultRequired is returned by Apply for a policy with a "vault" rule until the token vault exists: such a
-// policy cannot be applied, so the caller must refuse the event (and should refuse the policy).
+// VaultKeys is Keys for a policy with "vault" rules: Vault receives, for each value a vault rule pseudonymised, the
+// domain, the pseudonym written and the canonical JSON of the original value (a slice the callee must copy to keep).
+// The caller must store what it receives durably in the token vault before the event it came from is acknowledged.
+type VaultKeys interface {
+	Keys
+	Vault(domain, pseudonym string, value []byte) error
+}
+
+// VaultEntry is one value for the token vault: the pseudonym a vault rule wrote into a payload, its domain, and the
+// canonical JSON of the original value.
+type VaultEntry struct {
+	Domain    string
+	Pseudonym string
+	Value     []byte
+}
+
+// ErrVaultRequired is returned by Apply for a policy with a "vault" rule when keys does not implement VaultKeys:
+// without a token vault such a policy cannot be applied, so the caller must refuse the event.
 var ErrVaultRequired = errors.New("vault action needs the token vault")
 
 // ErrRejected is wrapped by every *FieldError: the payload does not fit the policy and must not be stored. It is the
@@ -59,16 +75,21 @@ const pseudonymLen = 22
 // Apply rejects, with a *FieldError wrapping ErrRejected: a value to generalize that is not a number (bands) or an
 // RFC 3339 / YYYY-MM-DD date string (to); an array where the policy declared no "[]"; an object or a scalar where the
 // policy declared "[]"; and a scalar where the policy names members below it. Pseudonymising an object or an array
-// is allowed: the pseudonym is of its canonical JSON. A policy with a vault rule fails with ErrVaultRequired. Key
+// is allowed: the pseudonym is of its canonical JSON. A policy with a vault rule needs keys to be VaultKeys, or fails
+// with ErrVaultRequired. Key
 // errors are wrapped with the domain's name. On error Apply returns dst unchanged (bytes beyond len(dst) may have
 // been overwritten). Apply is safe for concurrent use.
 func (p *Policy) Apply(dst, payload []byte, keys Keys) ([]byte, error) {
+	var vk VaultKeys
 	if p.hasVault {
-		return dst, ErrVaultRequired
+		var ok bool
+		if vk, ok = keys.(VaultKeys); !ok {
+			return dst, ErrVaultRequired
+		}
 	}
 	a := p.applier()
 	defer p.release(a)
-	a.keys, a.s, a.out = keys, canon.NewScanner(payload), dst
+	a.keys, a.vault, a.s, a.out = keys, vk, canon.NewScanner(payload), dst
 	if c := a.s.Peek(); c != '{' {
 		return dst, fmt.Errorf("payload: got %s, want an object: %w", canon.KindName(c), ErrNotCanonical)
 	}
@@ -85,13 +106,14 @@ func (p *Policy) Apply(dst, payload []byte, keys Keys) ([]byte, error) {
 // Appliers are pooled per Policy so that a domain's HMAC state is built once and reused while the keyring returns the
 // same key for it; a key that changes (rotation) is noticed on the next call and the state rebuilt.
 type applier struct {
-	p    *Policy
-	keys Keys
-	s    canon.Scanner
-	out  []byte
-	macs []domainMAC // indexed like Policy.domains
-	sum  [sha256.Size]byte
-	b64  [23]byte
+	p     *Policy
+	keys  Keys
+	vault VaultKeys
+	s     canon.Scanner
+	out   []byte
+	macs  []domainMAC // indexed like Policy.domains
+	sum   [sha256.Size]byte
+	b64   [23]byte
 }
 
 type domainMAC struct {
@@ -108,7 +130,7 @@ func (p *Policy) applier() *applier {
 }
 
 func (p *Policy) release(a *applier) {
-	a.keys, a.s, a.out = nil, canon.Scanner{}, nil
+	a.keys, a.vault, a.s, a.out = nil, nil, canon.Scanner{}, nil
 	for i := range a.macs {
 		a.macs[i].checked = false
 	}
@@ -229,6 +251,17 @@ func (a *applier) apply(r *rule) error {
 	switch r.action {
 	case Pseudonym:
 		return a.pseudonym(r.domain)
+	case Vault:
+		start := len(a.out)
+		v, err := a.s.Skip()
+		if err != nil {
+			return err
+		}
+		if err := a.writePseudonym(r.domain, v); err != nil {
+			return err
+		}
+		pn := a.out[start+1 : len(a.out)-1]
+		return a.vault.Vault(a.p.domains[r.domain], string(pn), v)
 	case Generalize:
 		if r.labels != nil {
 			return a.band(r)
@@ -244,6 +277,11 @@ func (a *applier) pseudonym(domain int) error {
 	if err != nil {
 		return err
 	}
+	return a.writePseudonym(domain, v)
+}
+
+// writePseudonym writes the pseudonym of the canonical value v as a JSON string.
+func (a *applier) writePseudonym(domain int, v []byte) error {
 	m, err := a.mac(domain)
 	if err != nil {
 		return err

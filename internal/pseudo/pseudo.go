@@ -17,6 +17,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/cairn-ai/cairn/internal/canon"
 )
@@ -30,7 +31,7 @@ const (
 	Drop                         // "drop": the member (or array element) is removed
 	Pseudonym                    // "pseudonym": "pn:" + a keyed digest of the value's canonical JSON
 	Generalize                   // "generalize": a number to its band, a date to its month or year
-	Vault                        // "vault": a pseudonym whose original is kept in the token vault (not yet built)
+	Vault                        // "vault": a pseudonym whose original is kept in the token vault
 )
 
 var actionNames = [...]string{Keep: "keep", Drop: "drop", Pseudonym: "pseudonym", Generalize: "generalize", Vault: "vault"}
@@ -57,9 +58,15 @@ const DefaultAction = Keep
 //
 // The policy format is a JSON object:
 //
-//	{"default": "keep" | "drop" | "pseudonym",   // for unnamed leaf values; absent means keep
-//	 "domain":  "customers",                     // pseudonymisation domain for rules that name none
-//	 "fields":  {PATH: RULE, ...}}
+//	{"default":    "keep" | "drop" | "pseudonym",   // for unnamed leaf values; absent means keep
+//	 "domain":     "customers",                     // pseudonymisation domain for rules that name none
+//	 "rotate":     "never" | "year" | "month",      // pseudonym key period; absent means never
+//	 "reidentify": {"approvals": 1 | 2},            // dpo principals needed to reverse a vaulted pseudonym
+//	 "fields":     {PATH: RULE, ...}}
+//
+// "rotate" limits how long pseudonyms link: with "month", the same value gets a different pseudonym each calendar
+// month (UTC) of capture, so events of different months cannot be joined on it without the vault. Systems that share
+// a domain link only while they use the same rotation.
 //
 // A PATH is dot-separated member names from the payload root; "[]" after a name (repeatable, for nested arrays)
 // means every element of that array: "input.items[].email". Names are matched exactly (case-sensitive); names
@@ -74,12 +81,14 @@ type Policy struct {
 	// Envelopes record it so an auditor can tell which policy shaped a payload.
 	Version string
 
-	def      Action
-	defDom   int // index into domains of the default domain, or -1
-	domains  []string
-	root     *node
-	hasVault bool
-	pool     sync.Pool // of *applier
+	def       Action
+	defDom    int // index into domains of the default domain, or -1
+	rotate    string
+	approvals int
+	domains   []string
+	root      *node
+	hasVault  bool
+	pool      sync.Pool // of *applier
 }
 
 // rule is one field's treatment.
@@ -148,7 +157,8 @@ func Parse(policyJSON []byte) (*Policy, error) {
 		return nil, fmt.Errorf("field policy: %w", err)
 	}
 	sum := sha256.Sum256(c)
-	p := &Policy{Version: "sha256:" + hex.EncodeToString(sum[:6]), def: DefaultAction, defDom: -1, root: &node{}}
+	p := &Policy{Version: "sha256:" + hex.EncodeToString(sum[:6]), def: DefaultAction, defDom: -1, root: &node{},
+		rotate: RotateNever, approvals: 1}
 	s := ptr(canon.NewScanner(c))
 	if s.Peek() != '{' {
 		return nil, &PolicyError{"", "got " + canon.KindName(s.Peek()) + ", want an object"}
@@ -181,8 +191,37 @@ func Parse(policyJSON []byte) (*Policy, error) {
 				return &PolicyError{"/fields", "got " + canon.KindName(s.Peek()) + ", want an object"}
 			}
 			fields, _ = s.Skip()
+		case "rotate":
+			v, err := str(s, "/rotate")
+			if err != nil {
+				return err
+			}
+			if v != RotateNever && v != RotateYear && v != RotateMonth {
+				return &PolicyError{"/rotate", "must be never, year or month"}
+			}
+			p.rotate = v
+		case "reidentify":
+			if s.Peek() != '{' {
+				return &PolicyError{"/reidentify", "got " + canon.KindName(s.Peek()) + ", want an object"}
+			}
+			return s.Members(func(_, name []byte) error {
+				if string(name) != "approvals" {
+					return &PolicyError{pointer("reidentify", string(name)), "unknown member (want approvals)"}
+				}
+				v, err := s.Skip()
+				if err != nil {
+					return err
+				}
+				switch string(v) {
+				case "1", "2":
+					p.approvals = int(v[0] - '0')
+				default:
+					return &PolicyError{"/reidentify/approvals", "must be 1 or 2"}
+				}
+				return nil
+			})
 		default:
-			return &PolicyError{pointer(string(name)), "unknown member (want default, domain, fields)"}
+			return &PolicyError{pointer(string(name)), "unknown member (want default, domain, rotate, reidentify, fields)"}
 		}
 		return nil
 	})
@@ -212,12 +251,35 @@ func Parse(policyJSON []byte) (*Policy, error) {
 	return p, nil
 }
 
-// Domains lists the pseudonymisation domains the policy uses, each once, so the caller can check its keyring has
-// them before the policy is put in force.
+// Pseudonym key rotation periods, the values of a policy's "rotate".
+const (
+	RotateNever = "never"
+	RotateYear  = "year"
+	RotateMonth = "month"
+)
+
 // NeedsVault reports whether a rule uses the vault action.
 func (p *Policy) NeedsVault() bool { return p.hasVault }
 
+// Domains lists the pseudonymisation domains the policy uses, each once, so the caller can check its keyring has
+// them before the policy is put in force.
 func (p *Policy) Domains() []string { return append([]string(nil), p.domains...) }
+
+// Approvals is how many distinct dpo principals must agree before a vaulted pseudonym of this system is reversed:
+// 1 (the requester) or 2 (the requester and a second one).
+func (p *Policy) Approvals() int { return p.approvals }
+
+// KeyPeriod names the pseudonymisation key period that a value captured at t falls in under the policy's rotation:
+// "" (never rotates), "2026" or "2026-11" (UTC).
+func (p *Policy) KeyPeriod(t time.Time) string {
+	switch p.rotate {
+	case RotateYear:
+		return t.UTC().Format("2006")
+	case RotateMonth:
+		return t.UTC().Format("2006-01")
+	}
+	return ""
+}
 
 func (p *Policy) domain(d string) int {
 	for i, x := range p.domains {

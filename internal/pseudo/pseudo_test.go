@@ -8,6 +8,7 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/cairn-ai/cairn/internal/canon"
 )
@@ -192,11 +193,89 @@ func TestApplyNotCanonical(t *testing.T) {
 	}
 }
 
+// vaultRecorder is testKeys that records what a vault rule hands over.
+type vaultRecorder struct {
+	testKeys
+	got []VaultEntry
+}
+
+func (v *vaultRecorder) Vault(domain, pseudonym string, value []byte) error {
+	v.got = append(v.got, VaultEntry{domain, pseudonym, bytes.Clone(value)})
+	return nil
+}
+
 func TestApplyVault(t *testing.T) {
-	p := mustParse(t, `{"domain":"customers","fields":{"subject":{"action":"vault"}}}`)
+	p := mustParse(t, `{"domain":"customers","fields":{"subject":{"action":"vault"},
+		"input.people[].iban":{"action":"vault","domain":"accounts"},"input.contact":{"action":"vault"}}}`)
 	if _, err := p.Apply(nil, []byte(`{}`), keys); !errors.Is(err, ErrVaultRequired) ||
 		err.Error() != "vault action needs the token vault" {
-		t.Errorf("Apply with a vault rule: %v, want ErrVaultRequired", err)
+		t.Errorf("Apply with a vault rule and plain keys: %v, want ErrVaultRequired", err)
+	}
+	in := mustCanon(t, `{"subject":"alice@example.com","input":{"people":[{"iban":"DE89370400440532013000","age":41},
+		{"iban":null},{"iban":"FR7630006000011234567890189"}],"contact":{"phone":"+49 30 1234567","city":"Berlin"}}}`)
+	vr := &vaultRecorder{testKeys: keys}
+	out, err := p.Apply(nil, in, vr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `{"input":{"contact":` + pn("customers", `{"city":"Berlin","phone":"+49 30 1234567"}`) +
+		`,"people":[{"age":41,"iban":` + pn("accounts", `"DE89370400440532013000"`) + `},{"iban":null},{"iban":` +
+		pn("accounts", `"FR7630006000011234567890189"`) + `}]},"subject":` + pn("customers", `"alice@example.com"`) + `}`
+	if string(out) != want {
+		t.Errorf("Apply =\n%s\nwant\n%s", out, want)
+	}
+	// Every vaulted value reaches the vault once, in canonical form, under the pseudonym written (nulls are not
+	// values, so they are neither pseudonymised nor vaulted).
+	wantVault := []VaultEntry{
+		{"customers", pn("customers", `{"city":"Berlin","phone":"+49 30 1234567"}`), []byte(`{"city":"Berlin","phone":"+49 30 1234567"}`)},
+		{"accounts", pn("accounts", `"DE89370400440532013000"`), []byte(`"DE89370400440532013000"`)},
+		{"accounts", pn("accounts", `"FR7630006000011234567890189"`), []byte(`"FR7630006000011234567890189"`)},
+		{"customers", pn("customers", `"alice@example.com"`), []byte(`"alice@example.com"`)},
+	}
+	if len(vr.got) != len(wantVault) {
+		t.Fatalf("vaulted %d values, want %d", len(vr.got), len(wantVault))
+	}
+	for i, w := range wantVault {
+		g := vr.got[i]
+		if `"`+g.Pseudonym+`"` != w.Pseudonym || g.Domain != w.Domain || string(g.Value) != string(w.Value) {
+			t.Errorf("vault entry %d = %s %s %s, want %s %s %s", i, g.Domain, g.Pseudonym, g.Value, w.Domain, w.Pseudonym, w.Value)
+		}
+	}
+	// A vaulted field in a shape the policy does not allow is refused, and nothing reaches the vault.
+	vr.got = nil
+	if _, err := p.Apply(nil, mustCanon(t, `{"input":{"people":{"iban":"DE89370400440532013000"}}}`), vr); !errors.Is(err, ErrRejected) {
+		t.Errorf("people as an object: %v, want ErrRejected", err)
+	}
+}
+
+func TestPolicyRotationAndApprovals(t *testing.T) {
+	at := time.Date(2026, 11, 30, 23, 59, 0, 0, time.FixedZone("CET", 3600))
+	for policy, want := range map[string][2]any{
+		`{}`:                 {"", 1},
+		`{"rotate":"never"}`: {"", 1},
+		`{"rotate":"year"}`:  {"2026", 1},
+		`{"rotate":"month","reidentify":{"approvals":2}}`: {"2026-11", 2},
+	} {
+		p := mustParse(t, policy)
+		if got := p.KeyPeriod(at); got != want[0] {
+			t.Errorf("%s: KeyPeriod = %q, want %q", policy, got, want[0])
+		}
+		if got := p.Approvals(); got != want[1] {
+			t.Errorf("%s: Approvals = %d, want %d", policy, got, want[1])
+		}
+	}
+	for policy, wantPath := range map[string]string{
+		`{"rotate":"week"}`:              "/rotate",
+		`{"rotate":1}`:                   "/rotate",
+		`{"reidentify":{"approvals":3}}`: "/reidentify/approvals",
+		`{"reidentify":{"approvers":2}}`: "/reidentify/approvers",
+		`{"reidentify":[]}`:              "/reidentify",
+	} {
+		_, err := Parse([]byte(policy))
+		var pe *PolicyError
+		if !errors.As(err, &pe) || pe.Path != wantPath {
+			t.Errorf("Parse(%s) = %v, want a PolicyError at %s", policy, err, wantPath)
+		}
 	}
 }
 

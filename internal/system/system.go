@@ -90,7 +90,7 @@ func Parse(b []byte) (*Definition, []byte, error) {
 		return nil, nil, &FieldError{Field: "/id", Reason: "must be a lowercase slug: a-z, 0-9, '-', '_', at most 64, not starting with '_'"}
 	}
 	if len(d.FieldPolicy) > 0 {
-		pol, err := pseudo.Parse(d.FieldPolicy)
+		_, err := pseudo.Parse(d.FieldPolicy)
 		if err != nil {
 			var pe *pseudo.PolicyError
 			var ce *canon.Error
@@ -101,9 +101,6 @@ func Parse(b []byte) (*Definition, []byte, error) {
 				return nil, nil, &FieldError{Field: "/field_policy" + ce.Path, Reason: ce.Reason}
 			}
 			return nil, nil, &FieldError{Field: "/field_policy", Reason: err.Error()}
-		}
-		if pol.NeedsVault() {
-			return nil, nil, &FieldError{Field: "/field_policy", Reason: "the vault action needs the token vault, which this version does not have yet"}
 		}
 	}
 	for name, v := range map[string]jsontext.Value{
