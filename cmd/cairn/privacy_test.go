@@ -19,8 +19,9 @@ import (
 // TestPlantedPersonalValuesStayOut plants raw personal values (a name, an IBAN, an e-mail address, a birth date)
 // in events of a system whose field policy pseudonymises or generalises them, then looks for them everywhere a
 // server writes: every file under the data directory (segments, projections, SQLite index and its WAL, key
-// files, temporary files), the server's log, and every API answer, including decrypted payloads. None may hold
-// any of them, after ingest, restart, reindex and verify.
+// files, temporary files, the token vault — whose values are encrypted), the server's log, and every API answer,
+// including decrypted payloads, except a dpo's re-identification. None may hold any of them, after ingest, restart,
+// reindex and verify.
 func TestPlantedPersonalValuesStayOut(t *testing.T) {
 	bin := filepath.Join(cliBinary(t), "cairn")
 	dir := t.TempDir()
@@ -73,8 +74,8 @@ func TestPlantedPersonalValuesStayOut(t *testing.T) {
 	call(url, "POST", "/v1/systems", `{"id":"credit","name":"Credit","intended_purpose":"creditworthiness","provider":"Acme",
 	  "field_policy":{"domain":"customers","fields":{
 	    "subject":{"action":"pseudonym"},
-	    "input.name":{"action":"pseudonym"},
-	    "input.iban":{"action":"pseudonym","domain":"accounts"},
+	    "input.name":{"action":"vault"},
+	    "input.iban":{"action":"vault","domain":"accounts"},
 	    "input.email":{"action":"pseudonym"},
 	    "input.birth_date":{"action":"generalize","to":"year"},
 	    "rationale":{"action":"drop"}}}}`, 201)
@@ -92,6 +93,28 @@ func TestPlantedPersonalValuesStayOut(t *testing.T) {
 		if !strings.Contains(string(b), `"pn:`) {
 			t.Errorf("payload %s shows no pseudonym: %s", i, b)
 		}
+	}
+	// A dpo reverses the vaulted name, for a stated purpose: the only answer that may hold a planted value, so it
+	// is kept out of the answers checked below.
+	b := call(url, "GET", "/v1/systems/credit/events/1?payload=true", "", 200)
+	i := bytes.Index(b, []byte(`"name":"pn:`))
+	if i < 0 {
+		t.Fatalf("no vaulted name in %s", b)
+	}
+	pn := string(b[i+len(`"name":"`) : i+len(`"name":"`)+25])
+	tok := call(url, "POST", "/v1/tokens", `{"principal":"dpo-1","roles":["dpo"]}`, 201)
+	dpoToken := string(tok[bytes.Index(tok, []byte(`"token":"`))+9:])
+	dpoToken = dpoToken[:strings.IndexByte(dpoToken, '"')]
+	req, _ := http.NewRequest("POST", url+"/v1/systems/credit/reidentify", strings.NewReader(`{"pseudonyms":["`+pn+`"],"purpose":"subject access request 42"}`))
+	req.Header.Set("Authorization", "Bearer "+dpoToken)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rb, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.Contains(string(rb), `"Jane Roe"`) {
+		t.Errorf("re-identification = %d %s", resp.StatusCode, rb)
 	}
 	stop()
 	url, stop = start() // restart

@@ -29,8 +29,16 @@ func cmdReidentify(args []string, stdout, stderr io.Writer) error {
 	url, tokenFile := clientFlags(fs)
 	sys := fs.String("system", "", "the AI system whose pseudonyms these are")
 	purpose := fs.String("purpose", "", "why the subject must be re-identified (recorded in the system's log)")
-	if err := fs.Parse(args); err != nil {
+	pos, err := parseInterspersed(fs, args)
+	if err != nil {
 		return errUsage
+	}
+	switch {
+	case sub != "" && len(pos) != 1, sub == "" && (*sys == "" || len(pos) == 0):
+		fmt.Fprintln(stderr, reidentifyUsage)
+		return errUsage
+	case sub == "" && strings.TrimSpace(*purpose) == "":
+		return fmt.Errorf("--purpose is required: say why the subject must be re-identified")
 	}
 	c, err := newClient(*url, *tokenFile)
 	if err != nil {
@@ -40,24 +48,13 @@ func cmdReidentify(args []string, stdout, stderr io.Writer) error {
 	var r *client.Reidentification
 	switch sub {
 	case "approve", "get":
-		if fs.NArg() != 1 {
-			fmt.Fprintln(stderr, reidentifyUsage)
-			return errUsage
-		}
 		if sub == "approve" {
-			r, err = c.ApproveReidentification(ctx, fs.Arg(0))
+			r, err = c.ApproveReidentification(ctx, pos[0])
 		} else {
-			r, err = c.GetReidentification(ctx, fs.Arg(0))
+			r, err = c.GetReidentification(ctx, pos[0])
 		}
 	default:
-		if *sys == "" || fs.NArg() == 0 {
-			fmt.Fprintln(stderr, reidentifyUsage)
-			return errUsage
-		}
-		if strings.TrimSpace(*purpose) == "" {
-			return fmt.Errorf("--purpose is required: say why the subject must be re-identified")
-		}
-		r, err = c.Reidentify(ctx, *sys, *purpose, fs.Args())
+		r, err = c.Reidentify(ctx, *sys, *purpose, pos)
 	}
 	if err != nil {
 		return err
@@ -139,3 +136,19 @@ type multiFlag []string
 
 func (m *multiFlag) String() string     { return strings.Join(*m, " ") }
 func (m *multiFlag) Set(v string) error { *m = append(*m, v); return nil }
+
+// parseInterspersed parses flags wherever they appear among the positional arguments, which it returns:
+// `cairn reidentify approve ID --url U` reads as users write it.
+func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		if fs.NArg() == 0 {
+			return pos, nil
+		}
+		pos = append(pos, fs.Arg(0))
+		args = fs.Args()[1:]
+	}
+}

@@ -14,8 +14,12 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
+
+	jsonv2 "github.com/go-json-experiment/json"
 
 	"github.com/cairn-ai/cairn/internal/api"
 	"github.com/cairn-ai/cairn/internal/atomicfile"
@@ -24,6 +28,7 @@ import (
 	"github.com/cairn-ai/cairn/internal/store"
 	"github.com/cairn-ai/cairn/internal/store/local"
 	"github.com/cairn-ai/cairn/internal/store/pg"
+	"github.com/cairn-ai/cairn/internal/system"
 	"github.com/cairn-ai/cairn/internal/vault"
 )
 
@@ -44,6 +49,7 @@ func cmdServe(args []string, stdout, stderr io.Writer) error {
 	clientCA := fs.String("client-ca", "", "require client certificates signed by this CA (PEM): mutual TLS")
 	insecure := fs.Bool("insecure", false, "allow plaintext HTTP on a non-loopback address")
 	keyringDir := fs.String("keyring", os.Getenv("CAIRN_KEYRING"), "directory of the KEK-wrapped period keys (env CAIRN_KEYRING; default DATA/keys/periods); nodes sharing a PostgreSQL store must share it")
+	oidcFile := fs.String("oidc", os.Getenv("CAIRN_OIDC"), "accept JWTs from an OpenID Connect provider, configured in this file (YAML or JSON: issuer, audience, groups → roles; env CAIRN_OIDC)")
 	vaultKey := fs.String("vault-key", "", "token vault key file (env CAIRN_VAULT_KEY_FILE; default DATA/keys/vault.key); keep it apart from the KEK")
 	storeURL := fs.String("store", os.Getenv("CAIRN_STORE"), "keep the logs in PostgreSQL (postgres://…; env CAIRN_STORE) instead of DATA/logs; run 'cairn migrate' first")
 	if err := fs.Parse(args); err != nil {
@@ -55,6 +61,12 @@ func cmdServe(args []string, stdout, stderr io.Writer) error {
 	}
 	if tlsCfg == nil && !*insecure && !loopback(*listen) {
 		return fmt.Errorf("refusing plaintext HTTP on %s, which is not a loopback address: give --tls-cert and --tls-key, or --insecure", *listen)
+	}
+	var oidcAuth *api.OIDC
+	if *oidcFile != "" {
+		if oidcAuth, err = loadOIDC(*oidcFile); err != nil {
+			return err
+		}
 	}
 	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	slog.SetDefault(logger)
@@ -163,7 +175,7 @@ func cmdServe(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	srv := &http.Server{
-		Handler:           api.New(api.Config{MaxBody: *maxBody, OpenEntries: *openEntries, Vault: vlt, Logger: logger}, l, tokens, idx),
+		Handler:           api.New(api.Config{MaxBody: *maxBody, OpenEntries: *openEntries, Vault: vlt, OIDC: oidcAuth, Logger: logger}, l, tokens, idx),
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 	}
@@ -243,4 +255,26 @@ func loopback(addr string) bool {
 	}
 	ip := net.ParseIP(host)
 	return ip != nil && ip.IsLoopback()
+}
+
+// loadOIDC reads the identity-provider configuration of `serve --oidc FILE`.
+func loadOIDC(path string) (*api.OIDC, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	if ext := strings.ToLower(filepath.Ext(path)); ext == ".yaml" || ext == ".yml" {
+		if b, err = system.YAMLToJSON(b); err != nil {
+			return nil, fmt.Errorf("%s: %v", path, err)
+		}
+	}
+	var cfg api.OIDCConfig
+	if err := jsonv2.Unmarshal(b, &cfg, jsonv2.RejectUnknownMembers(true)); err != nil {
+		return nil, fmt.Errorf("%s: %v", path, err)
+	}
+	o, err := api.NewOIDC(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %v", path, err)
+	}
+	return o, nil
 }

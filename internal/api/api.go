@@ -31,6 +31,7 @@ import (
 	"github.com/cairn-ai/cairn/internal/event"
 	"github.com/cairn-ai/cairn/internal/index"
 	"github.com/cairn-ai/cairn/internal/ledger"
+	"github.com/cairn-ai/cairn/internal/oidc"
 	"github.com/cairn-ai/cairn/internal/vault"
 )
 
@@ -53,6 +54,8 @@ type Config struct {
 	// AuthFailureAddrs bounds how many client addresses the failure limit tracks (default 10000); the least
 	// recently failing address is forgotten first.
 	AuthFailureAddrs int
+	// OIDC, when set, accepts JWTs from the organisation's identity provider beside Cairn's own tokens.
+	OIDC *OIDC
 	// Vault is the token vault, for re-identification and erasure; nil: those routes answer 503.
 	Vault  *vault.Vault
 	Logger *slog.Logger
@@ -163,9 +166,18 @@ func (s *Server) authorize(w http.ResponseWriter, r *http.Request, role, system 
 		}
 	}
 	tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	tok = strings.TrimSpace(tok)
 	var p *Principal
-	if ok {
-		p = s.tokens.Authenticate(strings.TrimSpace(tok))
+	switch {
+	case !ok:
+	case s.cfg.OIDC != nil && oidc.LooksLikeJWT(tok):
+		var err error
+		if p, err = s.cfg.OIDC.Authenticate(r.Context(), tok); err != nil {
+			// Why a token was refused is for the operator, not the caller; it names no claim value.
+			s.cfg.Logger.Info("identity provider token refused", "reason", err.Error())
+		}
+	default:
+		p = s.tokens.Authenticate(tok)
 	}
 	if p == nil {
 		s.authFails.Add(1)
@@ -192,7 +204,7 @@ func (s *Server) authorize(w http.ResponseWriter, r *http.Request, role, system 
 // a token limited to some systems may not take them, whatever its role.
 func (s *Server) authorizeEverywhere(w http.ResponseWriter, r *http.Request, role string) *Principal {
 	p := s.authorize(w, r, role, "")
-	if p != nil && len(p.Systems) > 0 {
+	if p != nil && !p.CanEverywhere(role) {
 		writeProblem(w, Problem{Status: http.StatusForbidden, Detail: "this token does not allow that"})
 		return nil
 	}

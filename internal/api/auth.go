@@ -42,6 +42,9 @@ type Principal struct {
 	Name    string   `json:"principal"`
 	Roles   []string `json:"roles"`
 	Systems []string `json:"systems,omitempty"` // empty: every system
+	// Grants, when present, replace Roles and Systems for authorisation: each grant scopes its own roles (an
+	// identity provider's groups each grant roles on their own systems).
+	Grants []Grant `json:"-"`
 }
 
 // Can reports whether the principal holds role for system ("" for instance-wide actions). admin holds every role.
@@ -49,10 +52,29 @@ func (p *Principal) Can(role, system string) bool {
 	if p == nil {
 		return false
 	}
-	if !slices.Contains(p.Roles, role) && !slices.Contains(p.Roles, RoleAdmin) {
+	if p.Grants != nil {
+		return slices.ContainsFunc(p.Grants, func(g Grant) bool { return grants(g.Roles, g.Systems, role, system) })
+	}
+	return grants(p.Roles, p.Systems, role, system)
+}
+
+// CanEverywhere reports whether the principal holds role on every system: what actions beyond any one system
+// (token administration, erasure in a shared domain) need.
+func (p *Principal) CanEverywhere(role string) bool {
+	if p == nil {
 		return false
 	}
-	return system == "" || len(p.Systems) == 0 || slices.Contains(p.Systems, system)
+	if p.Grants != nil {
+		return slices.ContainsFunc(p.Grants, func(g Grant) bool { return len(g.Systems) == 0 && grants(g.Roles, nil, role, "") })
+	}
+	return len(p.Systems) == 0 && grants(p.Roles, nil, role, "")
+}
+
+func grants(roles, systems []string, role, system string) bool {
+	if !slices.Contains(roles, role) && !slices.Contains(roles, RoleAdmin) {
+		return false
+	}
+	return system == "" || len(systems) == 0 || slices.Contains(systems, system)
 }
 
 // TokenFieldError says which field of a token request is wrong and why. Field is a JSON Pointer into the request.
