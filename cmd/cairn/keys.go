@@ -20,11 +20,15 @@ const keysUsage = `usage: cairn keys rotate --data DIR [--kek OLD] --new-kek NEW
 
 // cmdKeys administers the keys of a stopped instance.
 func cmdKeys(args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 || args[0] != "rotate" {
-		fmt.Fprintln(stderr, keysUsage)
-		return errUsage
+	switch {
+	case len(args) > 0 && args[0] == "rotate":
+		return keysRotate(args[1:], stdout, stderr)
+	case len(args) > 0 && args[0] == "rotate-signing":
+		return keysRotateSigning(args[1:], stdout, stderr)
 	}
-	return keysRotate(args[1:], stdout, stderr)
+	fmt.Fprintln(stderr, keysUsage)
+	fmt.Fprintln(stderr, rotateSigningUsage)
+	return errUsage
 }
 
 // keysRotate makes a new key-encryption key and re-wraps every key of the keyring under it. Leaves, envelopes

@@ -21,6 +21,7 @@ Usage:
   cairn token   create --data DIR --principal P --role R ...   create an API token
   cairn token   list --data DIR | revoke --data DIR ID         list or revoke API tokens
   cairn keys    rotate --data DIR [--kek F] --new-kek F         re-wrap the keyring under a new key-encryption key
+  cairn keys    rotate-signing --data DIR --new-signing-key F   replace the checkpoint signing key (handover cosigned)
   cairn reidentify --system S --purpose TEXT PN...             reverse vaulted pseudonyms (dpo; recorded first)
   cairn vault   erase --domain D (--pseudonym PN | --value V)  forget a subject: delete its token-vault entries
   cairn bench   [flags]                                        measure ingest, proofs and storage

@@ -92,6 +92,9 @@ func cmdServe(args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 	}
+	if err := checkNotRetired(p, sk.Public().(ed25519.PublicKey)); err != nil {
+		return err
+	}
 	kek, kekNew, err := seal.LoadKEK(p.kek, true)
 	if err != nil {
 		return err

@@ -110,7 +110,11 @@ func verifyData(data, storeURL string, full bool, stateFile, pubFile string, jso
 	if err != nil {
 		return err
 	}
-	opts := verify.Options{VKey: vkeyFunc(cfg.Origin, pub), Full: full, Prev: prev}
+	retired, err := loadRetired(defaultPaths(abs, "", ""))
+	if err != nil {
+		return err
+	}
+	opts := verify.Options{VKey: vkeyFunc(cfg.Origin, pub), Retired: retiredFunc(cfg.Origin, retired), Full: full, Prev: prev}
 	if decrypt {
 		kp := defaultPaths(abs, "", kekPath)
 		kek, _, err := seal.LoadKEK(kp.kek, false)

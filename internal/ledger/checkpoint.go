@@ -123,3 +123,22 @@ func OpenCheckpoint(signed []byte, vkey string) (Checkpoint, error) {
 	}
 	return c, nil
 }
+
+// Cosign adds to a signed checkpoint, after verifying it with vkey, a signature by newKey under the same origin:
+// the handover checkpoint of a signing-key rotation, by which the retiring key vouches for its successor.
+func Cosign(signed []byte, vkey string, newKey ed25519.PrivateKey) ([]byte, Checkpoint, error) {
+	v, err := note.NewVerifier(vkey)
+	if err != nil {
+		return nil, Checkpoint{}, fmt.Errorf("verifier key: %w", err)
+	}
+	n, err := note.Open(signed, note.VerifierList(v))
+	if err != nil {
+		return nil, Checkpoint{}, fmt.Errorf("checkpoint signature: %w", err)
+	}
+	c, err := ParseCheckpoint(n.Text)
+	if err != nil {
+		return nil, Checkpoint{}, err
+	}
+	out, err := note.Sign(n, newNoteSigner(c.Origin, newKey))
+	return out, c, err
+}

@@ -88,6 +88,9 @@ func SaveState(path string, m map[string]LogState) error {
 type Options struct {
 	// VKey returns the checkpoint verifier key of a system.
 	VKey func(system string) string
+	// Retired returns the signing keys a system's log used before a rotation, each accepted only for checkpoints
+	// up to the handover size: the checkpoint the retiring and the new key both signed. nil: none.
+	Retired func(system string) []RetiredKey
 	// Full re-checks every entry instead of continuing from the remembered state.
 	Full bool
 	// Prev is the remembered state (may be empty).
@@ -150,6 +153,12 @@ func Store(ctx context.Context, st store.Store, opts Options) (*Report, error) {
 	return rep, nil
 }
 
+// RetiredKey is a checkpoint verifier key retired by a rotation, valid for checkpoints of at most MaxSize entries.
+type RetiredKey struct {
+	VKey    string
+	MaxSize uint64
+}
+
 func verifyLog(ctx context.Context, name string, lg store.Log, opts Options, prev LogState, had bool, rep *Report) LogState {
 	fail := func(idx int64, reason string) {
 		f := Failure{System: name, Reason: reason}
@@ -163,8 +172,22 @@ func verifyLog(ctx context.Context, name string, lg store.Log, opts Options, pre
 	vkey := opts.VKey(name)
 	cps := map[uint64]tlog.Hash{}
 	var maxCP uint64
+	var retired []RetiredKey
+	if opts.Retired != nil {
+		retired = opts.Retired(name)
+	}
 	addCP := func(note []byte, where string) {
 		c, err := ledger.OpenCheckpoint(note, vkey)
+		for _, rk := range retired {
+			if err == nil {
+				break
+			}
+			// A retired key vouches only for checkpoints up to the handover: one it signed later is a forgery
+			// by whoever kept the old key.
+			if rc, rerr := ledger.OpenCheckpoint(note, rk.VKey); rerr == nil && rc.Size <= rk.MaxSize {
+				c, err = rc, nil
+			}
+		}
 		if err != nil {
 			fail(-1, fmt.Sprintf("%s checkpoint: %v", where, err))
 			return

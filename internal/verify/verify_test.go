@@ -261,3 +261,36 @@ func TestRememberedStateFailures(t *testing.T) {
 		t.Error("verify with another key passes")
 	}
 }
+
+// TestRetiredKeyOnlyUpToHandover checks that a signing key retired by a rotation vouches for checkpoints up to the
+// handover and not one entry beyond: whoever kept the old key cannot extend the log with it.
+func TestRetiredKeyOnlyUpToHandover(t *testing.T) {
+	tl := newTestLog(t)
+	tl.append(t, 5) // signed by the key that is then retired
+	_, newVKey, _ := note.GenerateKey(rand.Reader, testOrigin+"/sys")
+	run := func(maxSize uint64) *Report {
+		rep, err := Store(context.Background(), tl.st, Options{VKey: func(string) string { return newVKey }, Full: true,
+			Retired: func(string) []RetiredKey { return []RetiredKey{{VKey: tl.vkey, MaxSize: maxSize}} }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return rep
+	}
+	if rep := tl.verify(t, true, nil); len(rep.Failures) != 0 {
+		t.Fatalf("before rotation: %v", rep.Failures)
+	}
+	if rep := run(5); len(rep.Failures) != 0 {
+		t.Errorf("retired key within its handover: %v", rep.Failures)
+	}
+	tl.append(t, 3) // the old key signs on after the handover
+	rep := run(5)
+	if len(rep.Failures) == 0 || !strings.Contains(rep.Failures[0].Reason, "checkpoint") {
+		t.Errorf("a checkpoint the retired key signed beyond the handover was accepted: %v", rep.Failures)
+	}
+	if rep := run(8); len(rep.Failures) != 0 {
+		t.Errorf("with the handover at 8: %v", rep.Failures)
+	}
+	if rep, _ := Store(context.Background(), tl.st, Options{VKey: func(string) string { return newVKey }, Full: true}); len(rep.Failures) == 0 {
+		t.Error("the old key's checkpoints verified without being listed as retired")
+	}
+}
