@@ -5,6 +5,7 @@ import (
 	"crypto/ed25519"
 	"crypto/tls"
 	"crypto/x509"
+	"database/sql"
 	"errors"
 	"flag"
 	"fmt"
@@ -20,6 +21,7 @@ import (
 	"time"
 
 	jsonv2 "github.com/go-json-experiment/json"
+	_ "github.com/jackc/pgx/v5/stdlib" // database/sql driver "pgx", for the token vault in PostgreSQL
 
 	"github.com/cairn-ai/cairn/internal/api"
 	"github.com/cairn-ai/cairn/internal/atomicfile"
@@ -51,6 +53,7 @@ func cmdServe(args []string, stdout, stderr io.Writer) error {
 	keyringDir := fs.String("keyring", os.Getenv("CAIRN_KEYRING"), "directory of the KEK-wrapped period keys (env CAIRN_KEYRING; default DATA/keys/periods); nodes sharing a PostgreSQL store must share it")
 	oidcFile := fs.String("oidc", os.Getenv("CAIRN_OIDC"), "accept JWTs from an OpenID Connect provider, configured in this file (YAML or JSON: issuer, audience, groups → roles; env CAIRN_OIDC)")
 	vaultKey := fs.String("vault-key", "", "token vault key file (env CAIRN_VAULT_KEY_FILE; default DATA/keys/vault.key); keep it apart from the KEK")
+	vaultStore := fs.String("vault-store", os.Getenv("CAIRN_VAULT_STORE"), "keep the token vault in PostgreSQL (postgres://… with the vault's own credentials and schema as search_path; env CAIRN_VAULT_STORE) instead of DATA/vault; needed for vault policies on a PostgreSQL store")
 	storeURL := fs.String("store", os.Getenv("CAIRN_STORE"), "keep the logs in PostgreSQL (postgres://…; env CAIRN_STORE) instead of DATA/logs; run 'cairn migrate' first")
 	if err := fs.Parse(args); err != nil {
 		return errUsage
@@ -141,23 +144,16 @@ func cmdServe(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer stop()
-	// The token vault is a file of this node's data directory, so it serves only the embedded store: nodes over
-	// one PostgreSQL store would each hold a different vault. Without it, vault policies are refused.
-	var vlt *vault.Vault
+	// The token vault: a file of the data directory, or — for nodes sharing a PostgreSQL store, which must share
+	// one vault — a PostgreSQL schema of its own. Nodes over PostgreSQL without --vault-store run without a vault,
+	// and refuse vault policies.
 	lcfg := ledger.Config{Origin: cfg.Origin, CheckpointInterval: *cpInterval, DedupWindow: *dedup, Logger: logger}
-	if *storeURL == "" {
-		vk, vkNew, err := vault.LoadKey(p.vaultKeyPath(*vaultKey), true)
-		if err != nil {
-			st.Close()
-			return err
-		}
-		if vkNew {
-			fmt.Fprintf(stdout, "created token vault key:  %s\n", p.vaultKeyPath(*vaultKey))
-		}
-		if vlt, err = vault.Open(p.vault(), vk); err != nil {
-			st.Close()
-			return err
-		}
+	vlt, err := openVault(p, *vaultKey, *vaultStore, *storeURL != "", stdout)
+	if err != nil {
+		st.Close()
+		return err
+	}
+	if vlt != nil {
 		defer vlt.Close()
 		lcfg.Vault = vlt
 	}
@@ -280,4 +276,33 @@ func loadOIDC(path string) (*api.OIDC, error) {
 		return nil, fmt.Errorf("%s: %v", path, err)
 	}
 	return o, nil
+}
+
+// openVault opens the token vault: in PostgreSQL when vaultStore is set, else in DATA/vault unless the logs are in
+// PostgreSQL (several nodes cannot share a file). The key is created on first use only for a vault that is new.
+func openVault(p paths, keyFlag, vaultStore string, sharedStore bool, stdout io.Writer) (*vault.Vault, error) {
+	if vaultStore == "" && sharedStore {
+		return nil, nil
+	}
+	keyPath := p.vaultKeyPath(keyFlag)
+	vk, vkNew, err := vault.LoadKey(keyPath, true)
+	if err != nil {
+		return nil, err
+	}
+	if vkNew {
+		fmt.Fprintf(stdout, "created token vault key:  %s\n", keyPath)
+	}
+	if vaultStore == "" {
+		return vault.Open(p.vault(), vk)
+	}
+	db, err := sql.Open("pgx", vaultStore)
+	if err != nil {
+		return nil, err
+	}
+	v, err := vault.OpenPostgres(db, vk)
+	if err != nil {
+		db.Close()
+		return nil, err
+	}
+	return v, nil
 }

@@ -2,11 +2,16 @@ package main
 
 import (
 	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/jackc/pgx/v5"
 )
 
 // TestReidentifyAndEraseCLI goes through the whole dpo workflow with the binary: a system whose policy vaults the
@@ -92,4 +97,72 @@ func TestReidentifyAndEraseCLI(t *testing.T) {
 	if !strings.Contains(log.String(), "vault.db") || !strings.Contains(log.String(), "vault.key") {
 		t.Errorf("vault files: %s", log.String())
 	}
+}
+
+// TestSharedVaultOnPostgres runs two nodes over one PostgreSQL store and one vault in PostgreSQL (its own schema):
+// a value vaulted through one node is re-identified through the other.
+func TestSharedVaultOnPostgres(t *testing.T) {
+	url := os.Getenv("CAIRN_TEST_PG")
+	if url == "" {
+		if os.Getenv("CI") != "" {
+			t.Fatal("CAIRN_TEST_PG is not set in CI")
+		}
+		t.Skip("CAIRN_TEST_PG not set")
+	}
+	dir := t.TempDir()
+	storeURL, vaultURL := pgSchemaURL(t, url, "cairn_nodes_"), pgSchemaURL(t, url, "cairn_vault_")
+	if out, code := runCairn(t, nil, "migrate", "--store", storeURL); code != 0 {
+		t.Fatalf("migrate: %s", out)
+	}
+	shared := []string{"--store", storeURL, "--vault-store", vaultURL, "--origin", "nodes.test/cairn",
+		"--signing-key", filepath.Join(dir, "signing.key"), "--kek", filepath.Join(dir, "kek"),
+		"--vault-key", filepath.Join(dir, "vault.key"), "--keyring", filepath.Join(dir, "keyring")}
+	a := startServer(t, filepath.Join(dir, "a"), shared...)
+	b := startServer(t, filepath.Join(dir, "b"), shared...)
+	def := `{"id":"credit","name":"Credit","intended_purpose":"creditworthiness","provider":"Acme",
+	  "field_policy":{"domain":"customers","fields":{"subject":{"action":"vault"}}}}`
+	if st, body, _ := a.do(t, "POST", "/v1/systems", []byte(def), true); st != 201 {
+		t.Fatalf("register: %d %s", st, body)
+	}
+	ev := `[{"type":"inference","model":{"name":"m","version":"1"},"payload":{"subject":"Jane Roe","output":1}}]`
+	if st, body, _ := a.do(t, "POST", "/v1/systems/credit/events", []byte(ev), true); st != 200 {
+		t.Fatalf("ingest on a: %d %s", st, body)
+	}
+	st, body, _ := b.do(t, "GET", "/v1/systems/credit/events/1?payload=true", nil, true)
+	pn := regexp.MustCompile(`pn:[A-Za-z0-9_-]{22}`).FindString(string(body))
+	if st != 200 || pn == "" {
+		t.Fatalf("read on b: %d %s", st, body)
+	}
+	req := `{"pseudonyms":["` + pn + `"],"purpose":"shared vault test"}`
+	if st, body, _ := b.do(t, "POST", "/v1/systems/credit/reidentify", []byte(req), true); st != 200 || !strings.Contains(string(body), `"Jane Roe"`) {
+		t.Errorf("re-identify on b: %d %s", st, body)
+	}
+}
+
+// pgSchemaURL creates a fresh schema (dropped when the test ends) and returns url with it as search_path.
+func pgSchemaURL(t *testing.T, url, prefix string) string {
+	t.Helper()
+	ctx := context.Background()
+	b := make([]byte, 6)
+	rand.Read(b)
+	schema := prefix + hex.EncodeToString(b)
+	c, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close(ctx)
+	if _, err := c.Exec(ctx, "CREATE SCHEMA "+pgx.Identifier{schema}.Sanitize()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if c, err := pgx.Connect(ctx, url); err == nil {
+			c.Exec(ctx, "DROP SCHEMA "+pgx.Identifier{schema}.Sanitize()+" CASCADE")
+			c.Close(ctx)
+		}
+	})
+	sep := "?"
+	if strings.Contains(url, "?") {
+		sep = "&"
+	}
+	return url + sep + "search_path=" + schema
 }

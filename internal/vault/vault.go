@@ -48,6 +48,7 @@ type Vault struct {
 	db      *sql.DB
 	encKey  []byte // derives one AES key per entry
 	subjKey []byte // keys the subject digest that ties a value's pseudonyms together across key periods
+	vacuum  bool   // PostgreSQL: VACUUM after an erasure
 }
 
 // ErrNotFound means a reidentification request does not exist.
@@ -95,7 +96,7 @@ func Open(path string, key []byte) (*Vault, error) {
 		return nil, fmt.Errorf("open vault: %w", err)
 	}
 	db.SetMaxOpenConns(1) // one writer; the vault is small and off the hot path for most events
-	v, err := newVault(db, key)
+	v, err := newVault(db, key, "BLOB")
 	if err != nil {
 		db.Close()
 		return nil, err
@@ -107,7 +108,23 @@ func Open(path string, key []byte) (*Vault, error) {
 	return v, nil
 }
 
-func newVault(db *sql.DB, key []byte) (*Vault, error) {
+// OpenPostgres opens (creating its tables if needed) a vault in a PostgreSQL database, for nodes that share a
+// PostgreSQL store: db comes from the pgx stdlib driver, connected with the vault's own credentials and its own
+// schema as search_path, so the log store's role cannot read it. PostgreSQL keeps deleted rows until VACUUM reuses
+// their space, so an erasure is followed by a VACUUM of the entries table (best effort: it needs the table's owner).
+func OpenPostgres(db *sql.DB, key []byte) (*Vault, error) {
+	if len(key) != KeySize {
+		return nil, fmt.Errorf("vault key must be %d bytes", KeySize)
+	}
+	v, err := newVault(db, key, "BYTEA")
+	if err != nil {
+		return nil, err
+	}
+	v.vacuum = true
+	return v, nil
+}
+
+func newVault(db *sql.DB, key []byte, blob string) (*Vault, error) {
 	enc, err := hkdf.Key(sha256.New, key, nil, "cairn/v1/vault/entries", 32)
 	if err != nil {
 		return nil, err
@@ -118,22 +135,26 @@ func newVault(db *sql.DB, key []byte) (*Vault, error) {
 	}
 	v := &Vault{db: db, encKey: enc, subjKey: subj}
 	for _, stmt := range schema {
-		if _, err := db.Exec(stmt); err != nil {
+		_, err := db.Exec(strings.ReplaceAll(stmt, "BLOB", blob))
+		if err != nil {
+			// Two nodes creating the tables at once: one loses the race; the tables are there when it retries.
+			_, err = db.Exec(strings.ReplaceAll(stmt, "BLOB", blob))
+		}
+		if err != nil {
 			return nil, fmt.Errorf("vault schema: %w", err)
 		}
 	}
-	// The key check: a vault opened with another key would hand out garbage or nothing; say so at once.
+	// The key check: a vault opened with another key would hand out garbage or nothing; say so at once. The first
+	// opener writes it; every later one (another node too) compares.
 	check := v.mac(v.encKey, "key-check")
-	var stored []byte
-	err = db.QueryRow(`SELECT value FROM meta WHERE name = 'key_check'`).Scan(&stored)
-	switch {
-	case errors.Is(err, sql.ErrNoRows):
-		if _, err := db.Exec(`INSERT INTO meta (name, value) VALUES ('key_check', $1)`, check); err != nil {
-			return nil, fmt.Errorf("vault: %w", err)
-		}
-	case err != nil:
+	if _, err := db.Exec(`INSERT INTO meta (name, value) VALUES ('key_check', $1) ON CONFLICT DO NOTHING`, check); err != nil {
 		return nil, fmt.Errorf("vault: %w", err)
-	case !hmac.Equal(stored, check):
+	}
+	var stored []byte
+	if err := db.QueryRow(`SELECT value FROM meta WHERE name = 'key_check'`).Scan(&stored); err != nil {
+		return nil, fmt.Errorf("vault: %w", err)
+	}
+	if !hmac.Equal(stored, check) {
 		return nil, errors.New("vault: the vault key does not open this vault")
 	}
 	return v, nil
@@ -268,6 +289,9 @@ func (v *Vault) Erase(ctx context.Context, domain string, pseudonyms []string, v
 	}
 	if err := tx.Commit(); err != nil {
 		return 0, fmt.Errorf("vault erase: %w", err)
+	}
+	if v.vacuum && n > 0 {
+		v.db.ExecContext(ctx, `VACUUM entries`) // best effort; see OpenPostgres
 	}
 	return n, nil
 }

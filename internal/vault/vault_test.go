@@ -3,9 +3,15 @@ package vault
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
+	"database/sql"
+	"encoding/hex"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
+
+	_ "github.com/jackc/pgx/v5/stdlib" // database/sql driver "pgx", for the PostgreSQL vault
 )
 
 func openTest(t *testing.T) (*Vault, string, []byte) {
@@ -104,6 +110,93 @@ func TestPutLookupErase(t *testing.T) {
 	if len(after) == 0 {
 		t.Error("vault file empty")
 	}
+}
+
+// backends runs a test on the SQLite vault and, when CAIRN_TEST_PG points at a PostgreSQL, on a vault in its own
+// schema there (under CI the PostgreSQL run is required).
+func backends(t *testing.T, fn func(t *testing.T, v *Vault)) {
+	t.Run("sqlite", func(t *testing.T) {
+		v, _, _ := openTest(t)
+		fn(t, v)
+	})
+	t.Run("postgres", func(t *testing.T) {
+		url := os.Getenv("CAIRN_TEST_PG")
+		if url == "" {
+			if os.Getenv("CI") != "" {
+				t.Fatal("CAIRN_TEST_PG is not set under CI: run .ci/postgres.sh")
+			}
+			t.Skip("CAIRN_TEST_PG not set")
+		}
+		admin, err := sql.Open("pgx", url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer admin.Close()
+		var rnd [6]byte
+		rand.Read(rnd[:])
+		schema := "vault_" + hex.EncodeToString(rnd[:])
+		if _, err := admin.Exec("CREATE SCHEMA " + schema); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { admin.Exec("DROP SCHEMA " + schema + " CASCADE") })
+		sep := "?"
+		if strings.Contains(url, "?") {
+			sep = "&"
+		}
+		db, err := sql.Open("pgx", url+sep+"search_path="+schema)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { db.Close() })
+		key := make([]byte, KeySize)
+		rand.Read(key)
+		v, err := OpenPostgres(db, key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// A second node opening the same vault with the same key agrees; with another key it is refused.
+		if _, err := OpenPostgres(db, key); err != nil {
+			t.Fatalf("second open: %v", err)
+		}
+		if _, err := OpenPostgres(db, bytes.Repeat([]byte{9}, KeySize)); err == nil {
+			t.Fatal("opened with another key")
+		}
+		fn(t, v)
+	})
+}
+
+func TestBackends(t *testing.T) {
+	backends(t, func(t *testing.T, v *Vault) {
+		ctx := context.Background()
+		a := []byte(`"alice@example.com"`)
+		if err := v.Put(ctx, []Entry{{Domain: "d", Pseudonym: "pn:a1", Value: a}, {Domain: "d", Pseudonym: "pn:a2", Value: a},
+			{Domain: "d", Pseudonym: "pn:b", Value: []byte(`"bob"`)}}); err != nil {
+			t.Fatal(err)
+		}
+		if err := v.Put(ctx, []Entry{{Domain: "d", Pseudonym: "pn:a1", Value: a}}); err != nil {
+			t.Fatal(err)
+		}
+		got, err := v.Lookup(ctx, []string{"d"}, []string{"pn:a2", "pn:b"})
+		if err != nil || string(got["pn:a2"]) != string(a) || string(got["pn:b"]) != `"bob"` {
+			t.Fatalf("Lookup = %q, %v", got, err)
+		}
+		if n, err := v.Erase(ctx, "d", nil, [][]byte{a}); err != nil || n != 2 {
+			t.Fatalf("Erase = %d, %v", n, err)
+		}
+		if n, _ := v.Count(ctx); n != 1 {
+			t.Errorf("Count = %d", n)
+		}
+		r, err := v.CreateRequest(ctx, Request{System: "s", Requester: "x", Purpose: "p", Pseudonyms: []string{"pn:b"}, Approvals: 2})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ok, err := v.Transition(ctx, r.ID, Pending, Approved, "y"); !ok || err != nil {
+			t.Fatalf("Transition: %v %v", ok, err)
+		}
+		if got, err := v.GetRequest(ctx, r.ID); err != nil || got.Approver != "y" || got.State != Approved {
+			t.Errorf("GetRequest = %+v, %v", got, err)
+		}
+	})
 }
 
 func TestTamperedEntry(t *testing.T) {
