@@ -18,6 +18,7 @@ const fuzzPolicy = `{"default":"pseudonym","domain":"customers","fields":{
  "input.birth_date":{"action":"generalize","to":"month"},
  "input.items[].email":{"action":"pseudonym"},
  "tags[]":{"action":"pseudonym"},
+ "subject":{"action":"vault"},
  "m[][]":{"action":"drop"}}}`
 
 func FuzzApply(f *testing.F) {
@@ -59,7 +60,8 @@ func FuzzApply(f *testing.F) {
 			t.Fatalf("keep-all Apply(%s) = %s, %v", in, same, err)
 		}
 		values, names := jsonStrings(t, in)
-		out, err := p.Apply(nil, in, keys)
+		vr := &vaultRecorder{testKeys: keys}
+		out, err := p.Apply(nil, in, vr)
 		if err != nil {
 			for _, s := range values {
 				if len(s) >= 6 && strings.Contains(err.Error(), s) && !bytes.Contains(vocabulary, []byte(s)) {
@@ -70,6 +72,12 @@ func FuzzApply(f *testing.F) {
 		}
 		if c, err := canon.Append(nil, out); err != nil || !bytes.Equal(c, out) {
 			t.Fatalf("Apply(%s) = %s: not canonical (%v)", in, out, err)
+		}
+		// Every vaulted value is handed over in canonical form, under a pseudonym the output holds.
+		for _, e := range vr.got {
+			if c, err := canon.Append(nil, e.Value); err != nil || !bytes.Equal(c, e.Value) || !bytes.Contains(out, []byte(`"`+e.Pseudonym+`"`)) {
+				t.Fatalf("Apply(%s) = %s: vault entry %s %q", in, out, e.Pseudonym, e.Value)
+			}
 		}
 		for _, s := range values {
 			// A string survives only as a member name (kept), or by coinciding with what Apply writes itself:
