@@ -230,7 +230,7 @@ type Log struct {
 	segs  []File // segment files by number
 
 	eraseMu sync.RWMutex // held by Erase and ReplaceSealed while they rewrite records in place; readers share it
-	tail  int64  // end of the last segment's durable data
+	tail    int64        // end of the last segment's durable data
 
 	hashes  Mapped // stored hashes, 32 bytes each
 	locator Mapped // per index: segment number << 40 | offset of the record
