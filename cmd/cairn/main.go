@@ -21,6 +21,7 @@ Usage:
   cairn token   create --data DIR --principal P --role R ...   create an API token
   cairn token   list --data DIR | revoke --data DIR ID         list or revoke API tokens
   cairn keys    rotate --data DIR [--kek F] --new-kek F         re-wrap the keyring under a new key-encryption key
+  cairn retention run|report|hold|release --data DIR ...       archive, crypto-shred and report by schedule; legal holds
   cairn bench   [flags]                                        measure ingest, proofs and storage
   cairn version
 
@@ -40,16 +41,17 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	cmds := map[string]func([]string, io.Writer, io.Writer) error{
-		"serve":   cmdServe,
-		"system":  cmdSystem,
-		"verify":  cmdVerify,
-		"reindex": cmdReindex,
-		"migrate": cmdMigrate,
-		"copy":    cmdCopy,
-		"token":   cmdToken,
-		"keys":    cmdKeys,
-		"bench":   cmdBench,
-		"version": func([]string, io.Writer, io.Writer) error { fmt.Fprintln(stdout, "cairn", version); return nil },
+		"serve":     cmdServe,
+		"system":    cmdSystem,
+		"verify":    cmdVerify,
+		"reindex":   cmdReindex,
+		"migrate":   cmdMigrate,
+		"copy":      cmdCopy,
+		"token":     cmdToken,
+		"keys":      cmdKeys,
+		"retention": cmdRetention,
+		"bench":     cmdBench,
+		"version":   func([]string, io.Writer, io.Writer) error { fmt.Fprintln(stdout, "cairn", version); return nil },
 	}
 	if args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
 		fmt.Fprint(stdout, usage)

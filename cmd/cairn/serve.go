@@ -14,12 +14,14 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 	"time"
 
 	"github.com/cairn-ai/cairn/internal/api"
 	"github.com/cairn-ai/cairn/internal/atomicfile"
 	"github.com/cairn-ai/cairn/internal/ledger"
+	"github.com/cairn-ai/cairn/internal/retention"
 	"github.com/cairn-ai/cairn/internal/seal"
 	"github.com/cairn-ai/cairn/internal/store"
 	"github.com/cairn-ai/cairn/internal/store/local"
@@ -44,6 +46,8 @@ func cmdServe(args []string, stdout, stderr io.Writer) error {
 	insecure := fs.Bool("insecure", false, "allow plaintext HTTP on a non-loopback address")
 	keyringDir := fs.String("keyring", os.Getenv("CAIRN_KEYRING"), "directory of the KEK-wrapped period keys (env CAIRN_KEYRING; default DATA/keys/periods); nodes sharing a PostgreSQL store must share it")
 	storeURL := fs.String("store", os.Getenv("CAIRN_STORE"), "keep the logs in PostgreSQL (postgres://…; env CAIRN_STORE) instead of DATA/logs; run 'cairn migrate' first")
+	retentionEvery := fs.Duration("retention-interval", 24*time.Hour, "how often the retention worker archives and destroys what the schedules say is due (0: never; see 'cairn retention')")
+	archiveDir := fs.String("archive", os.Getenv("CAIRN_ARCHIVE"), "directory archived months go to (env CAIRN_ARCHIVE; default DATA/archive)")
 	if err := fs.Parse(args); err != nil {
 		return errUsage
 	}
@@ -134,14 +138,24 @@ func cmdServe(args []string, stdout, stderr io.Writer) error {
 		l.Close()
 		return err
 	}
+	if *archiveDir == "" {
+		*archiveDir = filepath.Join(p.data, "archive")
+	}
+	forget, _ := idx.(retention.Forgetter)
+	rw := retention.NewWorker(retention.Config{Ledger: l, Keys: keys, Archive: retention.Dir{Path: *archiveDir}, Index: forget, Logger: logger})
+	stopRetention := func() {}
+	if *retentionEvery > 0 {
+		stopRetention = rw.Start(ctx, *retentionEvery)
+	}
 	srv := &http.Server{
-		Handler:           api.New(api.Config{MaxBody: *maxBody, OpenEntries: *openEntries, Logger: logger}, l, tokens, idx),
+		Handler:           api.New(api.Config{MaxBody: *maxBody, OpenEntries: *openEntries, Retention: rw, Logger: logger}, l, tokens, idx),
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 	}
 	srv.TLSConfig = tlsCfg
 	ln, err := net.Listen("tcp", *listen)
 	if err != nil {
+		stopRetention()
 		stopIndex()
 		l.Close()
 		return err
@@ -165,6 +179,7 @@ func cmdServe(args []string, stdout, stderr io.Writer) error {
 	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	srv.Shutdown(sctx)
+	stopRetention()
 	stopIndex()
 	// Close commits whatever the sequencers hold and publishes final checkpoints.
 	if err := l.Close(); err != nil {

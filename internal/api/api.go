@@ -31,6 +31,7 @@ import (
 	"github.com/cairn-ai/cairn/internal/event"
 	"github.com/cairn-ai/cairn/internal/index"
 	"github.com/cairn-ai/cairn/internal/ledger"
+	"github.com/cairn-ai/cairn/internal/retention"
 )
 
 //go:embed openapi.yaml
@@ -52,7 +53,9 @@ type Config struct {
 	// AuthFailureAddrs bounds how many client addresses the failure limit tracks (default 10000); the least
 	// recently failing address is forgotten first.
 	AuthFailureAddrs int
-	Logger           *slog.Logger
+	// Retention is the retention worker, for reports; nil: reports are built from the logs alone.
+	Retention *retention.Worker
+	Logger    *slog.Logger
 }
 
 // Server is the HTTP API.
@@ -123,6 +126,9 @@ func New(cfg Config, l *ledger.Ledger, t *Tokens, idx Index) *Server {
 	m.HandleFunc("POST /v1/tokens", s.createToken)
 	m.HandleFunc("GET /v1/tokens", s.listTokens)
 	m.HandleFunc("DELETE /v1/tokens/{id}", s.revokeToken)
+	m.HandleFunc("GET /v1/systems/{system}/retention", s.retentionReport)
+	m.HandleFunc("PUT /v1/systems/{system}/retention/holds/{id}", s.placeHold)
+	m.HandleFunc("DELETE /v1/systems/{system}/retention/holds/{id}", s.releaseHold)
 	return s
 }
 
@@ -275,6 +281,10 @@ func (s *Server) registerSystem(w http.ResponseWriter, r *http.Request) {
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 1<<20))
 	if err != nil {
+		writeError(w, err)
+		return
+	}
+	if err := checkRetentionApproval(body, p); err != nil {
 		writeError(w, err)
 		return
 	}

@@ -92,8 +92,13 @@ func fmtTime(t time.Time) string {
 
 var holdIDRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
 
-// ErrHold: a hold request is invalid (unknown hold, duplicate id, bad scope).
-var ErrHold = errors.New("hold")
+// Errors of hold requests.
+var (
+	// ErrHold: a hold request is invalid (a reused id, a bad scope, a hold already released).
+	ErrHold = errors.New("invalid hold")
+	// ErrNoHold: no hold of that id on the system.
+	ErrNoHold = errors.New("no such hold")
+)
 
 // PlaceHold records a legal hold in a system's log (a `retention` event, action "hold"), appended by actor.
 func PlaceHold(ctx context.Context, l *ledger.Ledger, sys string, h Hold, actor string) (ledger.Receipt, error) {
@@ -152,7 +157,7 @@ func ReleaseHold(ctx context.Context, l *ledger.Ledger, sys, id, actor string) (
 	}
 	h := st.Holds[id]
 	if h == nil {
-		return ledger.Receipt{}, fmt.Errorf("%w: no hold %q on %s", ErrHold, id, sys)
+		return ledger.Receipt{}, fmt.Errorf("%w: %q on %s", ErrNoHold, id, sys)
 	}
 	if h.Released != nil {
 		return ledger.Receipt{}, fmt.Errorf("%w: hold %q was already released (index %d)", ErrHold, id, h.Released.Index)

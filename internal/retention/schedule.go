@@ -139,13 +139,12 @@ type Effective struct {
 	// ArchiveAfter is the archive-after period in force (0: no archival).
 	ArchiveAfter int
 	// Pending is a shorter retention recorded but not yet in force, and when it takes effect.
-	Pending      *int
-	PendingFrom  time.Time
-	FromIndex    uint64 // the definition event the value in force comes from
-	BelowFloor   bool
-	LegalBasis   string
-	ApprovedBy   string
-	RuleDocument string // which rule sets it: "schedule", "floor"
+	Pending     *int
+	PendingFrom time.Time
+	FromIndex   uint64 // the definition event the value in force comes from
+	BelowFloor  bool
+	LegalBasis  string
+	ApprovedBy  string
 }
 
 // effective folds the recorded schedule changes into the schedule of class c in force at now: a change that
@@ -153,7 +152,7 @@ type Effective struct {
 // been recorded for grace.
 func effective(changes []Change, c string, now time.Time, grace time.Duration) (Effective, error) {
 	e := Effective{Class: c}
-	for _, ch := range changes {
+	for i, ch := range changes {
 		if ch.Err != nil {
 			return e, fmt.Errorf("schedule recorded at index %d: %w", ch.Index, ch.Err)
 		}
@@ -167,7 +166,8 @@ func effective(changes []Change, c string, now time.Time, grace time.Duration) (
 			cur = e.Months
 		}
 		shorter := next >= 0 && (cur < 0 || next < cur)
-		if shorter && now.Before(ch.At.Add(grace)) {
+		// The first definition has nothing before it to protect: it applies at once.
+		if shorter && i > 0 && now.Before(ch.At.Add(grace)) {
 			n := next
 			e.Pending, e.PendingFrom = &n, ch.At.Add(grace)
 			if cs != nil {
