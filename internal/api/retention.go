@@ -41,11 +41,8 @@ func (s *Server) retentionWorker() *retention.Worker {
 }
 
 func (s *Server) retentionReport(w http.ResponseWriter, r *http.Request) {
-	sys := r.PathValue("system")
-	if s.authorize(w, r, RoleDPO, sys) == nil {
-		return
-	}
-	if _, ok := s.log(w, r); !ok {
+	p, sys := s.authorizeDPO(w, r)
+	if p == nil {
 		return
 	}
 	rep, err := s.retentionWorker().Report(r.Context(), sys)
@@ -54,6 +51,19 @@ func (s *Server) retentionReport(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, rep.Systems[0])
+}
+
+// authorizeDPO authorizes a retention route on the system in the path: the dpo role, and a system that exists.
+func (s *Server) authorizeDPO(w http.ResponseWriter, r *http.Request) (*Principal, string) {
+	sys := r.PathValue("system")
+	p := s.authorize(w, r, RoleDPO, sys)
+	if p == nil {
+		return nil, ""
+	}
+	if _, ok := s.log(w, r); !ok {
+		return nil, ""
+	}
+	return p, sys
 }
 
 // holdRequest is the body of PUT /v1/systems/{system}/retention/holds/{id}.
@@ -66,12 +76,8 @@ type holdRequest struct {
 }
 
 func (s *Server) placeHold(w http.ResponseWriter, r *http.Request) {
-	sys := r.PathValue("system")
-	p := s.authorize(w, r, RoleDPO, sys)
+	p, sys := s.authorizeDPO(w, r)
 	if p == nil {
-		return
-	}
-	if _, ok := s.log(w, r); !ok {
 		return
 	}
 	var req holdRequest
@@ -103,12 +109,8 @@ func (s *Server) placeHold(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) releaseHold(w http.ResponseWriter, r *http.Request) {
-	sys := r.PathValue("system")
-	p := s.authorize(w, r, RoleDPO, sys)
+	p, sys := s.authorizeDPO(w, r)
 	if p == nil {
-		return
-	}
-	if _, ok := s.log(w, r); !ok {
 		return
 	}
 	rc, err := retention.ReleaseHold(r.Context(), s.ledger, sys, r.PathValue("id"), p.Name)
