@@ -10,11 +10,14 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/cairn-ai/cairn/internal/event"
 	"github.com/cairn-ai/cairn/internal/index"
@@ -23,6 +26,7 @@ import (
 	"github.com/cairn-ai/cairn/internal/seal"
 	"github.com/cairn-ai/cairn/internal/store"
 	"github.com/cairn-ai/cairn/internal/store/local"
+	"github.com/cairn-ai/cairn/internal/store/pg"
 	"github.com/cairn-ai/cairn/internal/system"
 	"github.com/cairn-ai/cairn/internal/verify"
 )
@@ -44,6 +48,8 @@ func periodID(sys, class string, m time.Time) string { return seal.PeriodID(sys,
 type env struct {
 	t       *testing.T
 	dir     string
+	pgURL   string // with schema: the logs are in PostgreSQL, not the embedded store
+	schema  string
 	clock   *clock
 	kek     *seal.FileKEK
 	keys    *seal.Keyring
@@ -55,9 +61,30 @@ type env struct {
 
 const origin = "test.example/cairn"
 
-func newEnv(t *testing.T, start time.Time) *env {
+func newEnv(t *testing.T, start time.Time) *env { return newEnvOn(t, start, "") }
+
+// newEnvOn keeps the logs in a fresh schema of the PostgreSQL at pgURL, or in the embedded store when it is "".
+func newEnvOn(t *testing.T, start time.Time, pgURL string) *env {
 	t.Helper()
-	e := &env{t: t, dir: t.TempDir(), clock: &clock{t: start}}
+	e := &env{t: t, dir: t.TempDir(), clock: &clock{t: start}, pgURL: pgURL}
+	if pgURL != "" {
+		e.schema = "cairn_retention_" + strings.ToLower(rand.Text()[:10])
+		ctx := context.Background()
+		c, err := pgx.Connect(ctx, pgURL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Exec(ctx, "CREATE SCHEMA "+pgx.Identifier{e.schema}.Sanitize()); err != nil {
+			t.Fatal(err)
+		}
+		c.Close(ctx)
+		t.Cleanup(func() {
+			if c, err := pgx.Connect(ctx, pgURL); err == nil {
+				c.Exec(ctx, "DROP SCHEMA "+pgx.Identifier{e.schema}.Sanitize()+" CASCADE")
+				c.Close(ctx)
+			}
+		})
+	}
 	k := make([]byte, 32)
 	rand.Read(k)
 	var err error
@@ -79,13 +106,20 @@ func (e *env) open() {
 	if e.keys, err = seal.OpenKeyring(filepath.Join(e.dir, "keys"), e.kek); err != nil {
 		e.t.Fatal(err)
 	}
-	st, err := local.Open(e.dir, local.Options{})
+	st, err := e.openStore(false)
 	if err != nil {
 		e.t.Fatal(err)
 	}
 	if e.l, err = ledger.Open(context.Background(), ledger.Config{Origin: origin, CheckpointInterval: time.Millisecond, Now: e.clock.Now}, st, e.keys, e.sk); err != nil {
 		e.t.Fatal(err)
 	}
+}
+
+func (e *env) openStore(readOnly bool) (store.Store, error) {
+	if e.schema != "" {
+		return pg.Open(context.Background(), e.pgURL, pg.Options{Schema: e.schema, Migrate: !readOnly})
+	}
+	return local.Open(e.dir, local.Options{ReadOnly: readOnly})
 }
 
 // reopen closes and reopens the ledger: the log must open with every definition payload it needs.
@@ -174,7 +208,7 @@ func (e *env) verifyStoreWant(ok bool) *verify.Report {
 	}
 	e.reopen() // close the store, so it can be opened read-only as `cairn verify` does
 	e.l.Close()
-	st, err := local.Open(e.dir, local.Options{ReadOnly: true})
+	st, err := e.openStore(true)
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -259,8 +293,21 @@ func (e *env) records(sys, action string) []map[string]any {
 // is touched, every action has its retention record, the store verifies after each run, and a copy of a
 // destroyed month's ciphertext taken beforehand opens with nothing that remains — KEK included.
 func TestTimeTravel(t *testing.T) {
+	t.Run("local", func(t *testing.T) { timeTravel(t, newEnv(t, date(2026, 1, 2))) })
+	t.Run("postgres", func(t *testing.T) {
+		url := os.Getenv("CAIRN_TEST_PG")
+		if url == "" {
+			if os.Getenv("CI") != "" {
+				t.Fatal("CAIRN_TEST_PG is not set in CI")
+			}
+			t.Skip("CAIRN_TEST_PG not set")
+		}
+		timeTravel(t, newEnvOn(t, date(2026, 1, 2), url))
+	})
+}
+
+func timeTravel(t *testing.T, e *env) {
 	ctx := context.Background()
-	e := newEnv(t, date(2026, 1, 2))
 	e.register("credit", `{"log":{"retain_months":60,"archive_after_months":12},"doc":{"retain_months":120}}`)
 	e.register("chat", `{"log":{"retain_months":6,"archive_after_months":3}}`)
 
