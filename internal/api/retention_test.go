@@ -36,3 +36,14 @@ func TestRetentionFloorNeedsDPO(t *testing.T) {
 		t.Errorf("report: %s", body)
 	}
 }
+
+// TestRetentionRecordsAreServerOnly: a client cannot append a `retention` record (which verification trusts to
+// account for destroyed entries).
+func TestRetentionRecordsAreServerOnly(t *testing.T) {
+	ts := newTestServer(t, Config{AuthFailures: -1})
+	got, body, _ := ts.call(t, "POST", "/v1/systems/credit/events", ts.root,
+		`[{"type":"retention","attrs":{"action":"destroyed","class":"log","month":"2026-01","count":1,"range_digest":"sha256:00","first_index":0,"last_index":1}}]`)
+	if got != 422 || !strings.Contains(body, `"field":"/type"`) {
+		t.Errorf("client retention record = %d %s, want 422 at /type", got, body)
+	}
+}
