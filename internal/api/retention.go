@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/cairn-ai/cairn/internal/event"
+	"github.com/cairn-ai/cairn/internal/ledger"
 	"github.com/cairn-ai/cairn/internal/retention"
 	"github.com/cairn-ai/cairn/internal/system"
 )
@@ -48,6 +49,10 @@ func (s *Server) retentionReport(w http.ResponseWriter, r *http.Request) {
 	rep, err := s.retentionWorker().Report(r.Context(), sys)
 	if err != nil {
 		writeError(w, err)
+		return
+	}
+	if len(rep.Systems) == 0 { // the instance's own log is not subject to retention
+		writeError(w, ledger.ErrUnknownSystem)
 		return
 	}
 	writeJSON(w, http.StatusOK, rep.Systems[0])

@@ -3,11 +3,13 @@ package retention
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 
 	"github.com/cairn-ai/cairn/internal/event"
 	"github.com/cairn-ai/cairn/internal/ledger"
+	"github.com/cairn-ai/cairn/internal/seal"
 	"github.com/cairn-ai/cairn/internal/store"
 	"github.com/cairn-ai/cairn/internal/system"
 )
@@ -103,6 +105,11 @@ func (st *state) update(ctx context.Context, lg *ledger.Log) error {
 			st.DefIndex, st.HasDef, st.LastRelease = e.Index, true, e.Index
 			ch := Change{Index: e.Index, At: rec}
 			pt, err := lg.OpenPayload(e)
+			if err != nil && (e.Envelope == nil || errors.Is(err, seal.ErrDestroyed) || errors.Is(err, seal.ErrOpen)) {
+				// A superseded definition destroyed by retention (the one in force is always kept): its
+				// schedule no longer matters, it was replaced long before.
+				return nil
+			}
 			if err != nil {
 				ch.Err = fmt.Errorf("definition unreadable: %w", err)
 			} else if d, _, err := system.Parse(pt); err != nil {

@@ -428,19 +428,22 @@ func (w *Worker) record(ctx context.Context, st *state, lg *ledger.Log, a record
 	return r, st.update(ctx, lg)
 }
 
-// Start runs the worker every interval until ctx ends; stop waits for a run in progress.
+// Start runs the worker a minute after it starts (or after interval, if shorter) and then every interval, until
+// ctx ends; stop waits for a run in progress.
 func (w *Worker) Start(ctx context.Context, interval time.Duration) (stop func()) {
 	ctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		t := time.NewTicker(interval)
+		// The first run comes soon after start, so a server restarted more often than the interval still runs.
+		t := time.NewTimer(min(interval, time.Minute))
 		defer t.Stop()
 		for {
 			select {
 			case <-ctx.Done():
 				return
 			case <-t.C:
+				t.Reset(interval)
 				rep, err := w.Run(ctx, false)
 				if err != nil {
 					w.cfg.Logger.Error("retention run", "err", err)
