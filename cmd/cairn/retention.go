@@ -126,13 +126,13 @@ func cmdRetention(args []string, stdout, stderr io.Writer) error {
 				return fmt.Errorf("%s: want an RFC 3339 time", f.name)
 			}
 		}
-		r, err := retention.PlaceHold(ctx, inst.l, *sys, h, *actor)
+		r, err := w.PlaceHold(ctx, *sys, h, *actor)
 		if err != nil {
 			return err
 		}
 		fmt.Fprintf(stdout, "hold %s placed on %s (event %s, index %d)\n", *id, *sys, r.ID, r.Index)
 	case "release":
-		r, err := retention.ReleaseHold(ctx, inst.l, *sys, *id, *actor)
+		r, err := w.ReleaseHold(ctx, *sys, *id, *actor)
 		if err != nil {
 			return err
 		}

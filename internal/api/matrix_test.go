@@ -194,7 +194,7 @@ var matrix = map[string][]matrixCase{
 	"DELETE /v1/systems/{system}/retention/holds/{id}": {{access: dpo, path: func(t *testing.T, ts *testServer) string {
 		p := newHoldPath(t, ts)
 		id := p[strings.LastIndexByte(p, '/')+1:]
-		if _, err := retention.PlaceHold(context.Background(), ts.ledger, "credit", retention.Hold{ID: id}, "dpo"); err != nil {
+		if _, err := retention.NewWorker(retention.Config{Ledger: ts.ledger}).PlaceHold(context.Background(), "credit", retention.Hold{ID: id}, "dpo"); err != nil {
 			t.Fatal(err)
 		}
 		return p

@@ -105,7 +105,7 @@ func (s *Server) placeHold(w http.ResponseWriter, r *http.Request) {
 		}
 		h.Events = append(h.Events, u)
 	}
-	rc, err := retention.PlaceHold(r.Context(), s.ledger, sys, h, p.Name)
+	rc, err := s.retentionWorker().PlaceHold(r.Context(), sys, h, p.Name)
 	if err != nil {
 		writeError(w, err)
 		return
@@ -118,7 +118,7 @@ func (s *Server) releaseHold(w http.ResponseWriter, r *http.Request) {
 	if p == nil {
 		return
 	}
-	rc, err := retention.ReleaseHold(r.Context(), s.ledger, sys, r.PathValue("id"), p.Name)
+	rc, err := s.retentionWorker().ReleaseHold(r.Context(), sys, r.PathValue("id"), p.Name)
 	if err != nil {
 		writeError(w, err)
 		return

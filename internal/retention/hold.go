@@ -100,8 +100,9 @@ var (
 	ErrNoHold = errors.New("no such hold")
 )
 
-// PlaceHold records a legal hold in a system's log (a `retention` event, action "hold"), appended by actor.
-func PlaceHold(ctx context.Context, l *ledger.Ledger, sys string, h Hold, actor string) (ledger.Receipt, error) {
+// PlaceHold records a legal hold in a system's log (a `retention` event, action "hold"), appended by actor. It
+// waits for a run in progress, so a run never misses a hold acknowledged before it decided what to destroy.
+func (w *Worker) PlaceHold(ctx context.Context, sys string, h Hold, actor string) (ledger.Receipt, error) {
 	if !holdIDRE.MatchString(h.ID) {
 		return ledger.Receipt{}, fmt.Errorf("%w: id must be 1-64 letters, digits, '.', '_' or '-'", ErrHold)
 	}
@@ -116,7 +117,9 @@ func PlaceHold(ctx context.Context, l *ledger.Ledger, sys string, h Hold, actor 
 	if !h.From.IsZero() && !h.To.IsZero() && !h.From.Before(h.To) {
 		return ledger.Receipt{}, fmt.Errorf("%w: from must be before to", ErrHold)
 	}
-	st, err := scanLog(ctx, l, sys)
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	st, _, err := w.state(ctx, sys)
 	if err != nil {
 		return ledger.Receipt{}, err
 	}
@@ -145,13 +148,15 @@ func PlaceHold(ctx context.Context, l *ledger.Ledger, sys string, h Hold, actor 
 		ev["refs"] = refs
 	}
 	raw, _ := json.Marshal(ev)
-	return l.AppendServer(ctx, sys, raw, actor)
+	return w.cfg.Ledger.AppendServer(ctx, sys, raw, actor)
 }
 
 // ReleaseHold records the release of a hold (a `retention` event, action "release"). What the hold kept is
 // destroyed by the next retention run if its period has ended and no other hold covers it.
-func ReleaseHold(ctx context.Context, l *ledger.Ledger, sys, id, actor string) (ledger.Receipt, error) {
-	st, err := scanLog(ctx, l, sys)
+func (w *Worker) ReleaseHold(ctx context.Context, sys, id, actor string) (ledger.Receipt, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	st, _, err := w.state(ctx, sys)
 	if err != nil {
 		return ledger.Receipt{}, err
 	}
@@ -163,5 +168,5 @@ func ReleaseHold(ctx context.Context, l *ledger.Ledger, sys, id, actor string) (
 		return ledger.Receipt{}, fmt.Errorf("%w: hold %q was already released (index %d)", ErrHold, id, h.Released.Index)
 	}
 	raw, _ := json.Marshal(map[string]any{"type": "retention", "attrs": map[string]any{"action": "release", "hold_id": id}, "refs": []string{st.holdEventID[id].String()}})
-	return l.AppendServer(ctx, sys, raw, actor)
+	return w.cfg.Ledger.AppendServer(ctx, sys, raw, actor)
 }

@@ -348,13 +348,13 @@ func timeTravel(t *testing.T, e *env) {
 	}
 	lastIngest := e.clock.Now() // 2028-12-10
 	// Two legal holds on the six-month system: one event of an incident, and a recorded-time window (June 2026).
-	if _, err := retention.PlaceHold(ctx, e.l, "chat", retention.Hold{ID: "INC-1", Events: []event.UUID{heldByIncident[0].ID}, ReasonRef: "INC-2026-1"}, "dpo"); err != nil {
+	if _, err := e.worker(e.clock.Now).PlaceHold(ctx, "chat", retention.Hold{ID: "INC-1", Events: []event.UUID{heldByIncident[0].ID}, ReasonRef: "INC-2026-1"}, "dpo"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := retention.PlaceHold(ctx, e.l, "chat", retention.Hold{ID: "LIT-7", From: month(2026, 6), To: month(2026, 7), Types: []string{"inference"}}, "dpo"); err != nil {
+	if _, err := e.worker(e.clock.Now).PlaceHold(ctx, "chat", retention.Hold{ID: "LIT-7", From: month(2026, 6), To: month(2026, 7), Types: []string{"inference"}}, "dpo"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := retention.PlaceHold(ctx, e.l, "chat", retention.Hold{ID: "LIT-7"}, "dpo"); err == nil {
+	if _, err := e.worker(e.clock.Now).PlaceHold(ctx, "chat", retention.Hold{ID: "LIT-7"}, "dpo"); err == nil {
 		t.Errorf("a hold id was reused")
 	}
 
@@ -470,10 +470,10 @@ func timeTravel(t *testing.T, e *env) {
 	e.clock.Set(date(2031, 6, 15))
 	e.ingest("credit", inference(1000))
 	e.ingest("chat", inference(1001))
-	if _, err := retention.ReleaseHold(ctx, e.l, "chat", "LIT-7", "dpo"); err != nil {
+	if _, err := e.worker(e.clock.Now).ReleaseHold(ctx, "chat", "LIT-7", "dpo"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := retention.ReleaseHold(ctx, e.l, "chat", "LIT-7", "dpo"); err == nil {
+	if _, err := e.worker(e.clock.Now).ReleaseHold(ctx, "chat", "LIT-7", "dpo"); err == nil {
 		t.Errorf("a hold was released twice")
 	}
 	rep = e.run(e.worker(e.clock.Now))
