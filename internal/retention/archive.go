@@ -141,11 +141,11 @@ type archiveTrailer struct {
 	RangeDigest string `json:"range_digest"`
 }
 
-// writeArchive writes the archive object of entries (in index order) to w.
-func writeArchive(w io.Writer, lg *ledger.Log, h archiveHeader, entries []*store.Entry) (archiveTrailer, error) {
+// writeArchive writes the archive object of the entries each yields (in index order) to w.
+func writeArchive(w io.Writer, lg *ledger.Log, h archiveHeader, each func(func(*store.Entry) error) error) (archiveTrailer, error) {
 	note, size := lg.Checkpoint()
-	if note == nil || (len(entries) > 0 && entries[len(entries)-1].Index >= size) {
-		return archiveTrailer{}, errors.New("no signed checkpoint covers the month yet")
+	if note == nil {
+		return archiveTrailer{}, errors.New("no signed checkpoint yet")
 	}
 	h.Format, h.Checkpoint = archiveFormat, string(note)
 	bw := bufio.NewWriter(w)
@@ -154,10 +154,13 @@ func writeArchive(w io.Writer, lg *ledger.Log, h archiveHeader, entries []*store
 		return archiveTrailer{}, err
 	}
 	rh := verify.NewRangeHash()
-	for _, e := range entries {
+	err := each(func(e *store.Entry) error {
+		if e.Index >= size {
+			return fmt.Errorf("entry %d is not covered by the signed checkpoint of size %d", e.Index, size)
+		}
 		proof, err := lg.InclusionProof(e.Index, size)
 		if err != nil {
-			return archiveTrailer{}, fmt.Errorf("inclusion proof of %d: %w", e.Index, err)
+			return fmt.Errorf("inclusion proof of %d: %w", e.Index, err)
 		}
 		ae := archiveEntry{Index: e.Index, ID: e.ID.String(), Recorded: e.Recorded, Type: e.Type, Digest: e.Digest[:],
 			Salt: e.Salt[:], Envelope: e.Envelope, Sealed: e.Sealed}
@@ -165,9 +168,13 @@ func writeArchive(w io.Writer, lg *ledger.Log, h archiveHeader, entries []*store
 			ae.Proof = append(ae.Proof, p[:])
 		}
 		if err := enc.Encode(ae); err != nil {
-			return archiveTrailer{}, err
+			return err
 		}
 		rh.Add(e)
+		return nil
+	})
+	if err != nil {
+		return archiveTrailer{}, err
 	}
 	t := archiveTrailer{Count: rh.Count(), RangeDigest: rh.Sum()}
 	if err := enc.Encode(t); err != nil {
@@ -252,7 +259,7 @@ func (ae *archiveEntry) check(h archiveHeader, cp ledger.Checkpoint) (*store.Ent
 	if err := verify.CheckLayers(h.System, e); err != nil {
 		return nil, err
 	}
-	if ClassOf(e.Type) != h.Class || monthOf(e.Recorded) != h.Month {
+	if ClassOf(e.Type) != h.Class || monthID(e.Recorded) != h.Month {
 		return nil, errors.New("entry is not of the archive's class and month")
 	}
 	return e, nil
@@ -305,4 +312,4 @@ func ClassOf(typ string) string {
 	return ""
 }
 
-func monthOf(recorded int64) string { return time.Unix(0, recorded).UTC().Format("2006-01") }
+func monthID(recorded int64) string { return time.Unix(0, recorded).UTC().Format("2006-01") }

@@ -215,9 +215,16 @@ func monthRange(a, b time.Time) []time.Time {
 	return out
 }
 
-// monthEntries reads the entries of one class recorded in one month. recorded never decreases along a log, so
-// the month is a contiguous index range, found by binary search; the class is the entry's type's.
-func monthEntries(ctx context.Context, lg *ledger.Log, size uint64, class string, m time.Time) ([]*store.Entry, error) {
+// month is the entries of one class recorded in one month. recorded never decreases along a log, so the month
+// is a contiguous index range [lo, hi), found by binary search; the class is the entry's type's. Its entries are
+// streamed, never held in memory all at once: a month of a busy system can hold hundreds of millions.
+type month struct {
+	lg     *ledger.Log
+	class  string
+	lo, hi uint64
+}
+
+func monthOf(ctx context.Context, lg *ledger.Log, size uint64, class string, m time.Time) (*month, error) {
 	sl := lg.Store()
 	search := func(t time.Time) (uint64, error) {
 		lo, hi := uint64(0), size
@@ -243,15 +250,21 @@ func monthEntries(ctx context.Context, lg *ledger.Log, size uint64, class string
 	if err != nil {
 		return nil, err
 	}
-	var out []*store.Entry
-	err = sl.Entries(ctx, lo, hi, func(e *store.Entry) error {
-		if ClassOf(e.Type) == class {
-			out = append(out, e)
-		}
-		return nil
-	})
-	return out, err
+	return &month{lg: lg, class: class, lo: lo, hi: hi}, nil
 }
+
+// each calls fn for every entry of the month's class, in index order.
+func (mo *month) each(ctx context.Context, fn func(*store.Entry) error) error {
+	return mo.lg.Store().Entries(ctx, mo.lo, mo.hi, func(e *store.Entry) error {
+		if ClassOf(e.Type) != mo.class {
+			return nil
+		}
+		return fn(e)
+	})
+}
+
+// eraseChunk is how many entries one store.Log.Erase call takes.
+const eraseChunk = 4096
 
 // kept reports whether an entry must survive its month's destruction: a retention record (the proof of
 // retention itself), the definition in force (the log cannot be opened without it), or an entry under a hold.
@@ -268,34 +281,44 @@ func (st *state) kept(e *store.Entry) bool {
 }
 
 func (w *Worker) destroy(ctx context.Context, st *state, lg *ledger.Log, g group, m time.Time, rule string, dryRun bool, rep *RunReport) error {
-	entries, err := monthEntries(ctx, lg, st.Size, g.Class, m)
-	if err != nil || len(entries) == 0 {
+	mo, err := monthOf(ctx, lg, st.Size, g.Class, m)
+	if err != nil {
 		return err
 	}
-	periodID := seal.PeriodID(st.System, g.Class, m)
-	holdID := seal.HoldKeyID(periodID)
-	var doomed, keptPayload []*store.Entry
-	kept := 0
-	for _, e := range entries {
+	// Pass 1: what goes and what stays.
+	var members, doomed, kept, keptPayload int
+	var first, last uint64
+	err = mo.each(ctx, func(e *store.Entry) error {
+		if members == 0 {
+			first = e.Index
+		}
+		members++
+		last = e.Index
 		switch {
 		case st.kept(e):
 			kept++
 			if e.Sealed != nil {
-				keptPayload = append(keptPayload, e)
+				keptPayload++
 			}
 		case e.Envelope != nil || e.Sealed != nil:
-			doomed = append(doomed, e)
+			doomed++
 		}
+		return nil
+	})
+	if err != nil || members == 0 {
+		return err
 	}
+	periodID := seal.PeriodID(st.System, g.Class, m)
+	holdID := seal.HoldKeyID(periodID)
 	_, perr := w.cfg.Keys.Lookup(periodID)
 	periodAlive := perr == nil
 	_, herr := w.cfg.Keys.Lookup(holdID)
 	holdAlive := herr == nil
-	destroyHold := holdAlive && len(keptPayload) == 0
-	if len(doomed) == 0 && !destroyHold && (!periodAlive || kept == len(entries)) {
+	destroyHold := holdAlive && keptPayload == 0
+	if doomed == 0 && !destroyHold && (!periodAlive || kept == members) {
 		return nil // nothing to destroy: all of it held, or done before
 	}
-	a := Action{System: st.System, Kind: "destroy", Class: g.Class, Month: g.Month, KeyID: periodID, Count: len(doomed), Kept: kept, Rule: rule}
+	a := Action{System: st.System, Kind: "destroy", Class: g.Class, Month: g.Month, KeyID: periodID, Count: doomed, Kept: kept, Rule: rule}
 	if !periodAlive && destroyHold {
 		a.KeyID = holdID
 	}
@@ -304,8 +327,8 @@ func (w *Worker) destroy(ctx context.Context, st *state, lg *ledger.Log, g group
 		return nil
 	}
 	sl := lg.Store()
-	// 1. What must survive is re-wrapped under the period's hold key before the period key goes.
-	if periodAlive && len(keptPayload) > 0 {
+	// Pass 2: what must survive is re-wrapped under the period's hold key before the period key goes.
+	if periodAlive && keptPayload > 0 {
 		pk, err := w.cfg.Keys.Lookup(periodID)
 		if err != nil {
 			return err
@@ -314,20 +337,24 @@ func (w *Worker) destroy(ctx context.Context, st *state, lg *ledger.Log, g group
 		if err != nil {
 			return err
 		}
-		for _, e := range keptPayload {
+		err = mo.each(ctx, func(e *store.Entry) error {
+			if e.Sealed == nil || !st.kept(e) {
+				return nil
+			}
 			sealed, err := seal.Rewrap(pk, hk, e.ID[:], e.Sealed)
 			if errors.Is(err, seal.ErrOpen) {
-				continue // re-wrapped by an earlier, interrupted run
+				return nil // re-wrapped by an earlier, interrupted run
 			}
 			if err != nil {
 				return fmt.Errorf("re-wrap %d: %w", e.Index, err)
 			}
-			if err := sl.ReplaceSealed(ctx, e.Index, sealed); err != nil {
-				return err
-			}
+			return sl.ReplaceSealed(ctx, e.Index, sealed)
+		})
+		if err != nil {
+			return err
 		}
 	}
-	// 2. Crypto-shredding: the period key (and the hold key once nothing needs it).
+	// Crypto-shredding: the period key (and the hold key once nothing needs it).
 	if periodAlive {
 		if err := w.cfg.Keys.Destroy(periodID); err != nil {
 			return err
@@ -338,37 +365,50 @@ func (w *Worker) destroy(ctx context.Context, st *state, lg *ledger.Log, g group
 			return err
 		}
 	}
-	// 3. Ciphertext, envelopes and index rows go; leaves stay.
-	idx := make([]uint64, len(doomed))
-	for i, e := range doomed {
-		idx[i] = e.Index
-	}
-	if err := sl.Erase(ctx, idx); err != nil {
-		return err
-	}
-	if w.cfg.Index != nil {
-		if err := w.cfg.Index.Forget(ctx, st.System, idx); err != nil {
-			return fmt.Errorf("query index: %w", err)
+	// Pass 3: ciphertext, envelopes and index rows go, in chunks; leaves stay. The record's range digest covers
+	// every erased entry of the month and class, by index and leaf, this run's and earlier runs'.
+	rh := verify.NewRangeHash()
+	var chunk []uint64
+	flush := func() error {
+		if len(chunk) == 0 {
+			return nil
 		}
+		if err := sl.Erase(ctx, chunk); err != nil {
+			return err
+		}
+		if w.cfg.Index != nil {
+			if err := w.cfg.Index.Forget(ctx, st.System, chunk); err != nil {
+				return fmt.Errorf("query index: %w", err)
+			}
+		}
+		chunk = chunk[:0]
+		return nil
+	}
+	err = mo.each(ctx, func(e *store.Entry) error {
+		switch {
+		case e.Envelope == nil && e.Sealed == nil:
+			rh.Add(e)
+		case !st.kept(e):
+			rh.Add(e)
+			if chunk = append(chunk, e.Index); len(chunk) == eraseChunk {
+				return flush()
+			}
+		}
+		return nil
+	})
+	if err == nil {
+		err = flush()
+	}
+	if err != nil {
+		return err
 	}
 	if w.cfg.Archive != nil {
 		if err := w.cfg.Archive.Delete(ctx, ArchiveName(st.System, g.Class, g.Month)); err != nil {
 			return fmt.Errorf("archive: %w", err)
 		}
 	}
-	// 4. The record: every erased entry of the month and class so far, by index and leaf.
-	rh := verify.NewRangeHash()
-	doomedSet := map[uint64]bool{}
-	for _, i := range idx {
-		doomedSet[i] = true
-	}
-	for _, e := range entries {
-		if doomedSet[e.Index] || (e.Envelope == nil && e.Sealed == nil) {
-			rh.Add(e)
-		}
-	}
 	attrs := recordAttrs{Action: "destroyed", Class: g.Class, Month: g.Month, KeyID: a.KeyID, Count: u64(rh.Count()),
-		RangeDigest: rh.Sum(), FirstIndex: u64(entries[0].Index), LastIndex: u64(entries[len(entries)-1].Index)}
+		RangeDigest: rh.Sum(), FirstIndex: u64(first), LastIndex: u64(last)}
 	r, err := w.record(ctx, st, lg, attrs)
 	if err != nil {
 		return err
@@ -379,17 +419,34 @@ func (w *Worker) destroy(ctx context.Context, st *state, lg *ledger.Log, g group
 	return nil
 }
 
+// archivable reports whether archival copies an entry: one with its envelope, not a retention record.
+func archivable(e *store.Entry) bool { return e.Envelope != nil && e.Type != "retention" }
+
 func (w *Worker) archive(ctx context.Context, st *state, lg *ledger.Log, g group, m time.Time, rule string, dryRun bool, rep *RunReport) error {
-	entries, err := monthEntries(ctx, lg, st.Size, g.Class, m)
+	mo, err := monthOf(ctx, lg, st.Size, g.Class, m)
 	if err != nil {
 		return err
 	}
-	entries = slices.DeleteFunc(entries, func(e *store.Entry) bool { return e.Envelope == nil || e.Type == "retention" })
-	if len(entries) == 0 {
+	count := 0
+	var first, last uint64
+	err = mo.each(ctx, func(e *store.Entry) error {
+		if archivable(e) {
+			if count == 0 {
+				first = e.Index
+			}
+			count++
+			last = e.Index
+		}
 		return nil
+	})
+	if err != nil || count == 0 {
+		return err
+	}
+	if _, size := lg.Checkpoint(); last >= size {
+		return nil // no signed checkpoint covers the month yet: the next run archives it
 	}
 	periodID := seal.PeriodID(st.System, g.Class, m)
-	a := Action{System: st.System, Kind: "archive", Class: g.Class, Month: g.Month, KeyID: periodID, Count: len(entries), Rule: rule}
+	a := Action{System: st.System, Kind: "archive", Class: g.Class, Month: g.Month, KeyID: periodID, Count: count, Rule: rule}
 	if dryRun {
 		rep.Actions = append(rep.Actions, a)
 		return nil
@@ -399,7 +456,15 @@ func (w *Worker) archive(ctx context.Context, st *state, lg *ledger.Log, g group
 	var trailer archiveTrailer
 	go func() {
 		var err error
-		trailer, err = writeArchive(pw, lg, archiveHeader{System: st.System, Class: g.Class, Month: g.Month, KeyID: periodID}, entries)
+		trailer, err = writeArchive(pw, lg, archiveHeader{System: st.System, Class: g.Class, Month: g.Month, KeyID: periodID},
+			func(fn func(*store.Entry) error) error {
+				return mo.each(ctx, func(e *store.Entry) error {
+					if !archivable(e) {
+						return nil
+					}
+					return fn(e)
+				})
+			})
 		pw.CloseWithError(err)
 	}()
 	if err := w.cfg.Archive.Put(ctx, name, pr); err != nil {
@@ -407,12 +472,12 @@ func (w *Worker) archive(ctx context.Context, st *state, lg *ledger.Log, g group
 		return err
 	}
 	attrs := recordAttrs{Action: "archived", Class: g.Class, Month: g.Month, KeyID: periodID, Count: u64(trailer.Count),
-		RangeDigest: trailer.RangeDigest, FirstIndex: u64(entries[0].Index), LastIndex: u64(entries[len(entries)-1].Index), Archive: name}
+		RangeDigest: trailer.RangeDigest, FirstIndex: u64(first), LastIndex: u64(last), Archive: name}
 	r, err := w.record(ctx, st, lg, attrs)
 	if err != nil {
 		return err
 	}
-	a.Record, a.Done = r.Index, true
+	a.Record, a.Done, a.Count = r.Index, true, int(trailer.Count)
 	rep.Actions = append(rep.Actions, a)
 	w.cfg.Logger.Info("retention: archived", "system", st.System, "class", g.Class, "month", g.Month, "count", a.Count, "archive", name, "record", r.Index)
 	return nil

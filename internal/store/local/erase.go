@@ -83,7 +83,6 @@ func (l *Log) change(ctx context.Context, recs map[uint64]journalRecord) error {
 	size := l.size.Load()
 	// Group the records by frame: each segment's frame offsets are found by walking its headers once.
 	frames := map[[2]int64]*journalFrame{}
-	starts := map[int][]int64{}
 	for _, idx := range slices.Sorted(mapKeys(recs)) {
 		if idx >= size {
 			return fmt.Errorf("entry %d: %w", idx, store.ErrNotFound)
@@ -92,12 +91,9 @@ func (l *Log) change(ctx context.Context, recs map[uint64]journalRecord) error {
 		if err != nil {
 			return err
 		}
-		fs, ok := starts[seg]
-		if !ok {
-			if fs, err = l.frameStarts(seg); err != nil {
-				return err
-			}
-			starts[seg] = fs
+		fs, err := l.frameStarts(seg, off)
+		if err != nil {
+			return err
 		}
 		k, _ := slices.BinarySearch(fs, off+1)
 		if k == 0 {
@@ -160,39 +156,40 @@ func mapKeys[K comparable, V any](m map[K]V) func(func(K) bool) {
 	}
 }
 
-// frameStarts lists the offsets of the frames of a segment, up to its durable end.
-func (l *Log) frameStarts(seg int) ([]int64, error) {
+// frameIndex is where the frames of a segment start, as far as walked. Frames never move (in-place changes keep
+// every length), so it only grows; Erase walks each segment's headers once over the life of the Log.
+type frameIndex struct {
+	starts []int64
+	end    int64 // offset of the next frame header to read
+}
+
+// frameStarts returns the frame offsets of a segment, walked at least past off. Called with eraseMu held.
+func (l *Log) frameStarts(seg int, off int64) ([]int64, error) {
 	f, err := l.seg(seg)
 	if err != nil {
 		return nil, err
 	}
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, err
+	if l.frames == nil {
+		l.frames = map[int]*frameIndex{}
 	}
-	end := fi.Size()
-	l.segMu.RLock()
-	last := seg == len(l.segs)-1
-	l.segMu.RUnlock()
-	if last {
-		l.appendMu.Lock()
-		end = l.tail
-		l.appendMu.Unlock()
+	fx := l.frames[seg]
+	if fx == nil {
+		fx = &frameIndex{}
+		l.frames[seg] = fx
 	}
-	var out []int64
 	hdr := make([]byte, headerSize)
-	for off := int64(0); off < end; {
-		if _, err := f.ReadAt(hdr, off); err != nil {
-			return nil, fmt.Errorf("read frame header of segment %d at %d: %w", seg, off, err)
+	for fx.end <= off {
+		if _, err := f.ReadAt(hdr, fx.end); err != nil {
+			return nil, fmt.Errorf("read frame header of segment %d at %d: %w", seg, fx.end, err)
 		}
 		h, err := parseHeader(hdr)
 		if err != nil {
-			return nil, fmt.Errorf("%w: segment %d offset %d: %v", store.ErrCorrupt, seg, off, err)
+			return nil, fmt.Errorf("%w: segment %d offset %d: %v", store.ErrCorrupt, seg, fx.end, err)
 		}
-		out = append(out, off)
-		off += headerSize + int64(h.bodyLen)
+		fx.starts = append(fx.starts, fx.end)
+		fx.end += headerSize + int64(h.bodyLen)
 	}
-	return out, nil
+	return fx.starts, nil
 }
 
 // applyJournal makes the journal's changes to the segments and syncs them. It is idempotent, so a journal left

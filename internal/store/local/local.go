@@ -229,8 +229,9 @@ type Log struct {
 	segMu sync.RWMutex
 	segs  []File // segment files by number
 
-	eraseMu sync.RWMutex // held by Erase and ReplaceSealed while they rewrite records in place; readers share it
-	tail    int64        // end of the last segment's durable data
+	eraseMu sync.RWMutex        // held by Erase and ReplaceSealed while they rewrite records in place; readers share it
+	frames  map[int]*frameIndex // per segment, where its frames start (under eraseMu)
+	tail    int64               // end of the last segment's durable data
 
 	hashes  Mapped // stored hashes, 32 bytes each
 	locator Mapped // per index: segment number << 40 | offset of the record
