@@ -170,3 +170,16 @@ func (w *Worker) ReleaseHold(ctx context.Context, sys, id, actor string) (ledger
 	raw, _ := json.Marshal(map[string]any{"type": "retention", "attrs": map[string]any{"action": "release", "hold_id": id}, "refs": []string{st.holdEventID[id].String()}})
 	return w.cfg.Ledger.AppendServer(ctx, sys, raw, actor)
 }
+
+// MarshalJSON writes event ids as strings.
+func (h *Hold) MarshalJSON() ([]byte, error) {
+	type plain Hold
+	ids := make([]string, len(h.Events))
+	for i, id := range h.Events {
+		ids[i] = id.String()
+	}
+	return json.Marshal(struct {
+		*plain
+		Events []string `json:"events,omitempty"`
+	}{(*plain)(h), ids})
+}

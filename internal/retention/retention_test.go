@@ -777,3 +777,12 @@ func TestGrace(t *testing.T) {
 	e.verifyStore()
 	_ = ctx
 }
+
+// TestHoldJSON: a hold's event ids are written as UUID strings in reports.
+func TestHoldJSON(t *testing.T) {
+	id := event.NewV7(date(2026, 1, 2))
+	b, err := json.Marshal(&retention.Hold{ID: "INC-1", Events: []event.UUID{id}})
+	if err != nil || !strings.Contains(string(b), `"events":["`+id.String()+`"]`) || strings.Count(string(b), `"events"`) != 1 {
+		t.Errorf("hold JSON = %s, %v", b, err)
+	}
+}
