@@ -73,10 +73,25 @@ type state struct {
 	LastRelease uint64
 
 	holdEventID map[string]event.UUID
+	// settled remembers, per action and group, that a run found nothing to do there, and the LastRelease it saw:
+	// until a release or a definition change, a later run need not read that month again.
+	settled map[settleKey]uint64
 }
 
+type settleKey struct {
+	action string
+	group
+}
+
+func (st *state) isSettled(action string, g group) bool {
+	v, ok := st.settled[settleKey{action, g}]
+	return ok && v == st.LastRelease
+}
+
+func (st *state) settle(action string, g group) { st.settled[settleKey{action, g}] = st.LastRelease }
+
 func newState(sys string) *state {
-	return &state{System: sys, Holds: map[string]*Hold{}, Archived: map[group]*Record{}, Destroyed: map[group]*Record{}, holdEventID: map[string]event.UUID{}}
+	return &state{System: sys, Holds: map[string]*Hold{}, Archived: map[group]*Record{}, Destroyed: map[group]*Record{}, holdEventID: map[string]event.UUID{}, settled: map[settleKey]uint64{}}
 }
 
 // scanLog reads a system's log from the start.

@@ -180,8 +180,8 @@ func (w *Worker) runSystem(ctx context.Context, sys string, now time.Time, dryRu
 			g := group{class, m.Format("2006-01")}
 			end := m.AddDate(0, 1, 0)
 			if eff.Set && !t.Before(end.AddDate(0, eff.Months, 0).Add(w.cfg.Margin)) {
-				if d := st.Destroyed[g]; d != nil && d.Index > st.LastRelease {
-					continue // destroyed, and nothing kept then has been released since
+				if d := st.Destroyed[g]; (d != nil && d.Index > st.LastRelease) || st.isSettled("destroy", g) {
+					continue // destroyed, or nothing to destroy, and nothing kept then has been released since
 				}
 				rule := fmt.Sprintf("retain %d months (definition at index %d), safety margin %s", eff.Months, eff.FromIndex, w.cfg.Margin)
 				if eff.BelowFloor {
@@ -193,7 +193,7 @@ func (w *Worker) runSystem(ctx context.Context, sys string, now time.Time, dryRu
 				continue
 			}
 			if eff.ArchiveAfter > 0 && w.cfg.Archive != nil && st.Archived[g] == nil && st.Destroyed[g] == nil &&
-				!t.Before(end.AddDate(0, eff.ArchiveAfter, 0)) {
+				!st.isSettled("archive", g) && !t.Before(end.AddDate(0, eff.ArchiveAfter, 0)) {
 				rule := fmt.Sprintf("archive after %d months (definition at index %d)", eff.ArchiveAfter, eff.FromIndex)
 				if err := w.archive(ctx, st, lg, g, m, rule, dryRun, rep); err != nil {
 					return fmt.Errorf("archive %s %s: %w", class, g.Month, err)
@@ -305,8 +305,12 @@ func (w *Worker) destroy(ctx context.Context, st *state, lg *ledger.Log, g group
 		}
 		return nil
 	})
-	if err != nil || members == 0 {
+	if err != nil {
 		return err
+	}
+	if members == 0 {
+		st.settle("destroy", g)
+		return nil
 	}
 	periodID := seal.PeriodID(st.System, g.Class, m)
 	holdID := seal.HoldKeyID(periodID)
@@ -316,6 +320,7 @@ func (w *Worker) destroy(ctx context.Context, st *state, lg *ledger.Log, g group
 	holdAlive := herr == nil
 	destroyHold := holdAlive && keptPayload == 0
 	if doomed == 0 && !destroyHold && (!periodAlive || kept == members) {
+		st.settle("destroy", g)
 		return nil // nothing to destroy: all of it held, or done before
 	}
 	a := Action{System: st.System, Kind: "destroy", Class: g.Class, Month: g.Month, KeyID: periodID, Count: doomed, Kept: kept, Rule: rule}
@@ -439,8 +444,12 @@ func (w *Worker) archive(ctx context.Context, st *state, lg *ledger.Log, g group
 		}
 		return nil
 	})
-	if err != nil || count == 0 {
+	if err != nil {
 		return err
+	}
+	if count == 0 {
+		st.settle("archive", g)
+		return nil
 	}
 	if _, size := lg.Checkpoint(); last >= size {
 		return nil // no signed checkpoint covers the month yet: the next run archives it
