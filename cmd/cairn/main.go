@@ -24,6 +24,7 @@ Usage:
   cairn keys    rotate-signing --data DIR --new-signing-key F   replace the checkpoint signing key (handover cosigned)
   cairn reidentify --system S --purpose TEXT PN...             reverse vaulted pseudonyms (dpo; recorded first)
   cairn vault   erase --domain D (--pseudonym PN | --value V)  forget a subject: delete its token-vault entries
+  cairn retention run|report|hold|release --data DIR ...       archive, crypto-shred and report by schedule; legal holds
   cairn bench   [flags]                                        measure ingest, proofs and storage
   cairn version
 
@@ -53,6 +54,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		"keys":       cmdKeys,
 		"reidentify": cmdReidentify,
 		"vault":      cmdVault,
+		"retention":  cmdRetention,
 		"bench":      cmdBench,
 		"version":    func([]string, io.Writer, io.Writer) error { fmt.Fprintln(stdout, "cairn", version); return nil },
 	}

@@ -26,6 +26,7 @@ import (
 	"github.com/cairn-ai/cairn/internal/api"
 	"github.com/cairn-ai/cairn/internal/atomicfile"
 	"github.com/cairn-ai/cairn/internal/ledger"
+	"github.com/cairn-ai/cairn/internal/retention"
 	"github.com/cairn-ai/cairn/internal/seal"
 	"github.com/cairn-ai/cairn/internal/store"
 	"github.com/cairn-ai/cairn/internal/store/local"
@@ -55,6 +56,8 @@ func cmdServe(args []string, stdout, stderr io.Writer) error {
 	vaultKey := fs.String("vault-key", "", "token vault key file (env CAIRN_VAULT_KEY_FILE; default DATA/keys/vault.key); keep it apart from the KEK")
 	vaultStore := fs.String("vault-store", os.Getenv("CAIRN_VAULT_STORE"), "keep the token vault in PostgreSQL (postgres://… with the vault's own credentials and schema as search_path; env CAIRN_VAULT_STORE) instead of DATA/vault; needed for vault policies on a PostgreSQL store")
 	storeURL := fs.String("store", os.Getenv("CAIRN_STORE"), "keep the logs in PostgreSQL (postgres://…; env CAIRN_STORE) instead of DATA/logs; run 'cairn migrate' first")
+	retentionEvery := fs.Duration("retention-interval", 24*time.Hour, "how often the retention worker archives and destroys what the schedules say is due (0: never; see 'cairn retention')")
+	archiveDir := fs.String("archive", os.Getenv("CAIRN_ARCHIVE"), "directory archived months go to (env CAIRN_ARCHIVE; default DATA/archive)")
 	if err := fs.Parse(args); err != nil {
 		return errUsage
 	}
@@ -173,14 +176,28 @@ func cmdServe(args []string, stdout, stderr io.Writer) error {
 		l.Close()
 		return err
 	}
+	if *archiveDir == "" {
+		*archiveDir = filepath.Join(p.data, "archive")
+	}
+	forget, _ := idx.(retention.Forgetter)
+	rcfg := retention.Config{Ledger: l, Keys: keys, Archive: retention.Dir{Path: *archiveDir}, Index: forget, Logger: logger}
+	if vlt != nil {
+		rcfg.Subjects = vaultSubjects{l, vlt}
+	}
+	rw := retention.NewWorker(rcfg)
+	stopRetention := func() {}
+	if *retentionEvery > 0 {
+		stopRetention = rw.Start(ctx, *retentionEvery)
+	}
 	srv := &http.Server{
-		Handler:           api.New(api.Config{MaxBody: *maxBody, OpenEntries: *openEntries, Vault: vlt, OIDC: oidcAuth, Logger: logger}, l, tokens, idx),
+		Handler:           api.New(api.Config{MaxBody: *maxBody, OpenEntries: *openEntries, Vault: vlt, OIDC: oidcAuth, Retention: rw, Logger: logger}, l, tokens, idx),
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 	}
 	srv.TLSConfig = tlsCfg
 	ln, err := net.Listen("tcp", *listen)
 	if err != nil {
+		stopRetention()
 		stopIndex()
 		l.Close()
 		return err
@@ -204,6 +221,7 @@ func cmdServe(args []string, stdout, stderr io.Writer) error {
 	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	srv.Shutdown(sctx)
+	stopRetention()
 	stopIndex()
 	// Close commits whatever the sequencers hold and publishes final checkpoints.
 	if err := l.Close(); err != nil {
@@ -305,4 +323,31 @@ func openVault(p paths, keyFlag, vaultStore string, sharedStore bool, stdout io.
 		return nil, err
 	}
 	return v, nil
+}
+
+// vaultSubjects erases a data subject through the token vault, for retention: the vault entries behind a
+// pseudonym in every domain of the system's current field policy.
+type vaultSubjects struct {
+	l *ledger.Ledger
+	v *vault.Vault
+}
+
+func (s vaultSubjects) EraseSubject(ctx context.Context, system, pseudonym string) (string, error) {
+	lg, err := s.l.Log(system)
+	if err != nil {
+		return "", err
+	}
+	d := lg.Definition()
+	if d == nil || d.Policy == nil {
+		return "the system's field policy vaults nothing", nil
+	}
+	n := 0
+	for _, dom := range d.Policy.Domains() {
+		k, err := s.v.Erase(ctx, dom, []string{pseudonym}, nil)
+		if err != nil {
+			return "", err
+		}
+		n += k
+	}
+	return fmt.Sprintf("erased %d vault entries", n), nil
 }

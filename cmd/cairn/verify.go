@@ -144,7 +144,11 @@ func verifyData(data, storeURL string, full bool, stateFile, pubFile string, jso
 		}
 		for _, name := range slices.Sorted(maps.Keys(rep.Logs)) {
 			ls := rep.Logs[name]
-			fmt.Fprintf(stdout, "%s: %d entries, checkpoint %d\n", name, ls.Size, ls.CheckpointSize)
+			fmt.Fprintf(stdout, "%s: %d entries, checkpoint %d", name, ls.Size, ls.CheckpointSize)
+			if d := rep.Destroyed[name]; d > 0 {
+				fmt.Fprintf(stdout, ", %d destroyed by retention record", d)
+			}
+			fmt.Fprintln(stdout)
 		}
 	}
 	if !rep.OK() {

@@ -32,6 +32,7 @@ import (
 	"github.com/cairn-ai/cairn/internal/index"
 	"github.com/cairn-ai/cairn/internal/ledger"
 	"github.com/cairn-ai/cairn/internal/oidc"
+	"github.com/cairn-ai/cairn/internal/retention"
 	"github.com/cairn-ai/cairn/internal/vault"
 )
 
@@ -57,8 +58,10 @@ type Config struct {
 	// OIDC, when set, accepts JWTs from the organisation's identity provider beside Cairn's own tokens.
 	OIDC *OIDC
 	// Vault is the token vault, for re-identification and erasure; nil: those routes answer 503.
-	Vault  *vault.Vault
-	Logger *slog.Logger
+	Vault *vault.Vault
+	// Retention is the retention worker, for reports; nil: reports are built from the logs alone.
+	Retention *retention.Worker
+	Logger    *slog.Logger
 }
 
 // Server is the HTTP API.
@@ -139,6 +142,9 @@ func New(cfg Config, l *ledger.Ledger, t *Tokens, idx Index) *Server {
 			cfg.Logger.Error("recording token changes in _admin", "err", err)
 		}
 	}
+	m.HandleFunc("GET /v1/systems/{system}/retention", s.retentionReport)
+	m.HandleFunc("PUT /v1/systems/{system}/retention/holds/{id}", s.placeHold)
+	m.HandleFunc("DELETE /v1/systems/{system}/retention/holds/{id}", s.releaseHold)
 	return s
 }
 
@@ -306,6 +312,10 @@ func (s *Server) registerSystem(w http.ResponseWriter, r *http.Request) {
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 1<<20))
 	if err != nil {
+		writeError(w, err)
+		return
+	}
+	if err := checkRetentionApproval(body, p); err != nil {
 		writeError(w, err)
 		return
 	}

@@ -11,12 +11,14 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/cairn-ai/cairn/internal/index"
 	"github.com/cairn-ai/cairn/internal/ledger"
 	"github.com/cairn-ai/cairn/internal/pseudo"
+	"github.com/cairn-ai/cairn/internal/retention"
 	"github.com/cairn-ai/cairn/internal/seal"
 	"github.com/cairn-ai/cairn/internal/store/local"
 	"github.com/cairn-ai/cairn/internal/vault"
@@ -167,7 +169,15 @@ func fixed(p string) func(*testing.T, *testServer) string {
 var (
 	open    = access{}
 	auditor = access{role: RoleAuditor, scoped: true}
+	dpo     = access{role: RoleDPO, scoped: true}
 )
+
+var holdSeq atomic.Int64
+
+// newHoldPath is the path of a hold with a fresh id (hold ids are never reused).
+func newHoldPath(*testing.T, *testServer) string {
+	return "/v1/systems/credit/retention/holds/H-" + strconv.FormatInt(holdSeq.Add(1), 10)
+}
 
 // matrix has at least one case for every route the server registers. The system in paths is "credit".
 var matrix = map[string][]matrixCase{
@@ -208,7 +218,20 @@ var matrix = map[string][]matrixCase{
 		{access: access{role: RoleDPO, global: true}, body: `{"domain":"customers","pseudonyms":["pn:x"]}`, path: fixed("/v1/vault/erase")},
 		{access: access{role: RoleDPO, global: true}, body: `{"domain":"customers"}`, path: fixed("/v1/vault/erase"), invalid: true},
 	},
-	"GET /v1/tokens": {{access: access{role: RoleAdmin, global: true}, path: fixed("/v1/tokens")}},
+	"GET /v1/tokens":                     {{access: access{role: RoleAdmin, global: true}, path: fixed("/v1/tokens")}},
+	"GET /v1/systems/{system}/retention": {{access: dpo, path: fixed("/v1/systems/credit/retention")}},
+	"PUT /v1/systems/{system}/retention/holds/{id}": {
+		{access: dpo, path: newHoldPath, body: `{"types":["inference"],"reason_ref":"INC-1"}`},
+		{access: dpo, path: newHoldPath, body: `{"types":["no-such-type"]}`, invalid: true},
+	},
+	"DELETE /v1/systems/{system}/retention/holds/{id}": {{access: dpo, path: func(t *testing.T, ts *testServer) string {
+		p := newHoldPath(t, ts)
+		id := p[strings.LastIndexByte(p, '/')+1:]
+		if _, err := retention.NewWorker(retention.Config{Ledger: ts.ledger}).PlaceHold(context.Background(), "credit", retention.Hold{ID: id}, "dpo"); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}}},
 	"DELETE /v1/tokens/{id}": {{access: access{role: RoleAdmin, global: true}, path: func(t *testing.T, ts *testServer) string {
 		_, ti, err := ts.tokens.Issue(Principal{Name: "victim", Roles: []string{RoleIngest}}, 0)
 		if err != nil {

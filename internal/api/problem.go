@@ -9,6 +9,7 @@ import (
 
 	"github.com/cairn-ai/cairn/internal/event"
 	"github.com/cairn-ai/cairn/internal/ledger"
+	"github.com/cairn-ai/cairn/internal/retention"
 	"github.com/cairn-ai/cairn/internal/store"
 	"github.com/cairn-ai/cairn/internal/system"
 )
@@ -54,6 +55,10 @@ func writeError(w http.ResponseWriter, err error) {
 	case errors.As(err, &tfe):
 		writeProblem(w, Problem{Type: "https://cairn.dev/problems/invalid-token-request", Title: "Invalid token request", Status: http.StatusUnprocessableEntity,
 			Detail: tfe.Error(), Errors: []ProblemField{{Field: tfe.Field, Reason: tfe.Reason}}})
+	case errors.Is(err, retention.ErrHold):
+		writeProblem(w, Problem{Type: "https://cairn.dev/problems/invalid-hold", Title: "Invalid legal hold", Status: http.StatusUnprocessableEntity, Detail: err.Error()})
+	case errors.Is(err, retention.ErrNoHold):
+		writeProblem(w, Problem{Status: http.StatusNotFound, Detail: err.Error()})
 	case errors.Is(err, ErrUnknownToken):
 		writeProblem(w, Problem{Status: http.StatusNotFound, Detail: err.Error()})
 	case errors.Is(err, ErrLastAdmin):

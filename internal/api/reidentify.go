@@ -320,6 +320,13 @@ func (s *Server) eraseSubject(w http.ResponseWriter, r *http.Request) {
 		}
 		values[i] = c
 	}
+	// GDPR Art. 17(3): no erasure while a legal hold applies to a system whose policy pseudonymises into this domain
+	// (the subject's events there are under the hold, and the vault is what makes them attributable).
+	if held := s.heldSystems(r.Context(), req.Domain); len(held) > 0 {
+		writeProblem(w, Problem{Status: http.StatusConflict, Detail: "a legal hold applies: " + strings.Join(held, ", ") +
+			"; the subject cannot be erased until it is released"})
+		return
+	}
 	// Recorded before anything is deleted; the values themselves are never recorded, only how many were given.
 	raw, _ := json.Marshal(map[string]any{"type": "admin", "attrs": map[string]any{"action": "vault_erased", "domain": req.Domain},
 		"payload": map[string]any{"pseudonyms": req.Pseudonyms, "values_given": len(values)}})
@@ -333,4 +340,37 @@ func (s *Server) eraseSubject(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"erased": n})
+}
+
+// heldSystems names the active legal holds ("system/hold-id") of systems whose current field policy uses domain.
+func (s *Server) heldSystems(ctx context.Context, domain string) []string {
+	if s.cfg.Retention == nil {
+		return nil
+	}
+	var systems []string
+	for _, name := range s.ledger.Systems() {
+		lg, err := s.ledger.Log(name)
+		if err != nil {
+			continue
+		}
+		if d := lg.Definition(); d != nil && d.Policy != nil && slices.Contains(d.Policy.Domains(), domain) {
+			systems = append(systems, name)
+		}
+	}
+	if len(systems) == 0 {
+		return nil
+	}
+	rep, err := s.cfg.Retention.Report(ctx, systems...)
+	if err != nil {
+		return []string{"(retention state unreadable: " + err.Error() + ")"}
+	}
+	var held []string
+	for _, sr := range rep.Systems {
+		for _, h := range sr.Holds {
+			if h.Released == nil {
+				held = append(held, sr.System+"/"+h.ID)
+			}
+		}
+	}
+	return held
 }

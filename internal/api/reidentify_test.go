@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/cairn-ai/cairn/internal/event"
+	"github.com/cairn-ai/cairn/internal/retention"
 )
 
 // accessEvents returns the access events of a system's log (their attrs and decrypted payloads), in log order.
@@ -168,4 +169,23 @@ func TestReidentifyTwoApprovalsAndErase(t *testing.T) {
 	if !found {
 		t.Error("no vault_erased record in _admin")
 	}
+}
+
+func TestEraseRefusedUnderLegalHold(t *testing.T) {
+	ts := newTestServer(t, Config{AuthFailures: -1})
+	w := retention.NewWorker(retention.Config{Ledger: ts.ledger})
+	ts.Server.cfg.Retention = w
+	dpo := ts.token(t, "dpo", RoleDPO, "")
+	if _, err := w.PlaceHold(context.Background(), "credit", retention.Hold{ID: "LIT-1"}, "dpo"); err != nil {
+		t.Fatal(err)
+	}
+	// credit's policy pseudonymises into "customers": a hold on credit blocks erasure there, not elsewhere.
+	if body := ts.do(t, "POST", "/v1/vault/erase", dpo, `{"domain":"customers","values":["x"]}`, 409); !strings.Contains(body, "credit/LIT-1") {
+		t.Errorf("erase under hold = %s", body)
+	}
+	ts.do(t, "POST", "/v1/vault/erase", dpo, `{"domain":"other","values":["x"]}`, 200)
+	if _, err := w.ReleaseHold(context.Background(), "credit", "LIT-1", "dpo"); err != nil {
+		t.Fatal(err)
+	}
+	ts.do(t, "POST", "/v1/vault/erase", dpo, `{"domain":"customers","values":["x"]}`, 200)
 }

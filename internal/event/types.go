@@ -166,11 +166,15 @@ var Specs = map[string]*Spec{
 		"scope":  {Kind: KindString}, "legal_basis": {Kind: KindString}, "accessor_org": {Kind: KindString},
 		"export_format": {Kind: KindString},
 	})},
-	"retention": {Class: ClassDoc, Require: []string{"action"}, Attrs: attrs(map[string]Attr{
+	// retention records archival, destruction and legal holds; only Cairn appends it (package retention), so a
+	// "destroyed" record that lets verification accept missing envelopes cannot come from a client.
+	"retention": {Class: ClassDoc, ServerOnly: true, Require: []string{"action"}, Attrs: attrs(map[string]Attr{
 		"action": {Kind: KindString, Enum: []string{"archived", "destroyed", "hold", "release"}},
 		"class":  {Kind: KindString}, "month": {Kind: KindString}, "key_id": {Kind: KindString},
 		"count": {Kind: KindNonNegative}, "range_digest": {Kind: KindString},
 		"first_index": {Kind: KindNonNegative}, "last_index": {Kind: KindNonNegative},
+		"hold_id": {Kind: KindString}, "from": {Kind: KindTimestamp}, "to": {Kind: KindTimestamp},
+		"types": {Kind: KindStrings}, "reason_ref": {Kind: KindString}, "archive": {Kind: KindString},
 	})},
 	"notice": {Class: ClassLog, Require: []string{"notice_type"}, Attrs: attrs(map[string]Attr{
 		"notice_type": {Kind: KindString}, "notice_version": {Kind: KindString}, "audience": {Kind: KindString},

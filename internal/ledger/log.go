@@ -1045,8 +1045,17 @@ func OpenSealed(keys *seal.Keyring, e *store.Entry) ([]byte, error) {
 		return nil, err
 	}
 	pk, err := keys.Lookup(env.Payload.Key)
-	if err != nil {
-		return nil, err
+	if err == nil {
+		var pt []byte
+		if pt, err = seal.Open(pk, e.ID[:], e.Sealed, kc); err == nil {
+			return pt, nil
+		}
 	}
-	return seal.Open(pk, e.ID[:], e.Sealed, kc)
+	// Held by retention: the data key was re-wrapped under the period's hold key (seal.HoldKeyID).
+	if hk, herr := keys.Lookup(seal.HoldKeyID(env.Payload.Key)); herr == nil {
+		if pt, herr := seal.Open(hk, e.ID[:], e.Sealed, kc); herr == nil {
+			return pt, nil
+		}
+	}
+	return nil, err
 }

@@ -98,6 +98,16 @@ type Log interface {
 	Checkpoint(ctx context.Context) ([]byte, error)
 	// Checkpoints calls fn for every checkpoint kept in the history, oldest first.
 	Checkpoints(ctx context.Context, fn func(n uint64, note []byte) error) error
+	// Erase destroys, durably, the envelope, salt, content key and sealed payload of each entry at indexes, for
+	// retention: afterwards the entry reads with its leaf fields only (Envelope and Sealed nil, Salt and
+	// ContentKey zero). Leaves, stored hashes and checkpoints are unchanged, so the tree still verifies. Erasing
+	// an erased entry does nothing; an index at or beyond Size is ErrNotFound. It may run concurrently with
+	// appends and reads; a crash leaves each entry whole or erased, never torn.
+	Erase(ctx context.Context, indexes []uint64) error
+	// ReplaceSealed durably replaces the sealed payload of the entry at index with sealed, which must be exactly
+	// as long as the stored one: a data key re-wrapped under another period key (a legal hold), ciphertext and
+	// so every commitment unchanged. An entry without a sealed payload is ErrNotFound.
+	ReplaceSealed(ctx context.Context, index uint64, sealed []byte) error
 	Close() error
 }
 

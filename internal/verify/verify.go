@@ -40,9 +40,12 @@ func (f Failure) String() string {
 
 // Report is the outcome of a verification.
 type Report struct {
-	Logs     map[string]LogState `json:"logs"`
-	Checked  uint64              `json:"entries_checked"`
-	Failures []Failure           `json:"failures,omitempty"`
+	Logs    map[string]LogState `json:"logs"`
+	Checked uint64              `json:"entries_checked"`
+	// Destroyed counts, per log, the entries read whose envelope and payload are gone and a `retention` record
+	// accounts for them: destroyed by record, not tampered with.
+	Destroyed map[string]uint64 `json:"destroyed_by_record,omitempty"`
+	Failures  []Failure         `json:"failures,omitempty"`
 }
 
 // OK reports whether everything verified.
@@ -235,6 +238,7 @@ func verifyLog(ctx context.Context, name string, lg store.Log, opts Options, pre
 	}
 	var leaf []byte
 	next := start
+	rt := newRetentionCheck()
 	err := lg.Entries(ctx, start, n, func(en *store.Entry) error {
 		i := int64(en.Index)
 		if en.Index != next {
@@ -250,7 +254,12 @@ func verifyLog(ctx context.Context, name string, lg store.Log, opts Options, pre
 			fail(i, "recorded time goes backwards")
 		}
 		lastRec = en.Recorded
-		checkEntry(name, en, fail)
+		if en.Envelope == nil && en.Sealed == nil {
+			rt.missing(en) // legitimate only under a retention record: checked after the pass
+		} else {
+			checkEntry(name, en, fail)
+			rt.record(en, fail)
+		}
 		if opts.Open != nil && en.Sealed != nil && en.Envelope != nil {
 			if err := opts.Open(name, en); err != nil {
 				fail(i, "sealed payload does not open: "+err.Error())
@@ -270,6 +279,14 @@ func verifyLog(ctx context.Context, name string, lg store.Log, opts Options, pre
 		fail(-1, "read entries: "+err.Error())
 	} else if next != n {
 		fail(-1, fmt.Sprintf("the store says it holds %d entries but %d were read", n, next))
+	}
+	if err == nil {
+		if d := rt.check(ctx, lg, fail); d > 0 {
+			if rep.Destroyed == nil {
+				rep.Destroyed = map[string]uint64{}
+			}
+			rep.Destroyed[name] += d
+		}
 	}
 	// The stored interior hashes (which tiles and proofs are served from) must give the recomputed root.
 	if n > 0 && err == nil {
@@ -295,34 +312,35 @@ func verifyLog(ctx context.Context, name string, lg store.Log, opts Options, pre
 	return ls
 }
 
-// checkEntry checks one entry's layers against each other: leaf digest against envelope, envelope fields
-// against the leaf, payload commitment against the sealed payload.
+// checkEntry checks one entry's layers against each other (CheckLayers).
 func checkEntry(system string, en *store.Entry, fail func(int64, string)) {
-	i := int64(en.Index)
+	if err := CheckLayers(system, en); err != nil {
+		fail(int64(en.Index), err.Error())
+	}
+}
+
+// CheckLayers checks one entry's layers against each other, as verification does: leaf digest against
+// envelope, envelope fields against the leaf, payload commitment against the sealed payload. It needs no key.
+func CheckLayers(system string, en *store.Entry) error {
 	if en.Envelope == nil {
-		// Envelopes may only go by retention, and a retention event must say so. Until retention exists, a
-		// missing envelope is always a failure: fail closed.
-		fail(i, "envelope missing, and no retention event covers it")
-		return
+		// Retention erases envelope and payload together; a payload without its envelope is damage.
+		return errors.New("envelope missing but its sealed payload is present")
 	}
 	if event.Digest(en.Salt[:], en.Envelope) != en.Digest {
-		fail(i, "envelope does not match the leaf's digest")
-		return
+		return errors.New("envelope does not match the leaf's digest")
 	}
 	env, err := event.ParseEnvelope(en.Envelope)
 	if err != nil {
-		fail(i, "envelope unreadable: "+err.Error())
-		return
+		return errors.New("envelope unreadable: " + err.Error())
 	}
 	if env.ID != en.ID.String() || env.Type != en.Type || env.System != system || env.Recorded != event.FormatRecorded(en.Recorded) {
-		fail(i, "envelope disagrees with its leaf (id, type, system or recorded time)")
+		return errors.New("envelope disagrees with its leaf (id, type, system or recorded time)")
 	}
 	switch {
 	case env.Payload == nil && en.Sealed != nil:
-		fail(i, "sealed payload present but the envelope commits to none")
+		return errors.New("sealed payload present but the envelope commits to none")
 	case env.Payload != nil && en.Sealed == nil:
-		// Destroyed payloads are legitimate only under a retention record; the period key's loss is checked there.
-		fail(i, "sealed payload missing")
+		return errors.New("sealed payload missing")
 	case env.Payload != nil:
 		var c seal.Commitment
 		var err1, err2 error
@@ -330,9 +348,10 @@ func checkEntry(system string, en *store.Entry, fail func(int64, string)) {
 		c.KeyCommit, err2 = event.ParseSHA256(env.Payload.KeyCommit)
 		c.Size = env.Payload.Size
 		if err1 != nil || err2 != nil {
-			fail(i, "envelope payload commitment unreadable")
+			return errors.New("envelope payload commitment unreadable")
 		} else if err := seal.Check(en.Sealed, c); err != nil {
-			fail(i, "sealed payload does not match the envelope: "+err.Error())
+			return errors.New("sealed payload does not match the envelope: " + err.Error())
 		}
 	}
+	return nil
 }

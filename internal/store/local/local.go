@@ -228,7 +228,10 @@ type Log struct {
 
 	segMu sync.RWMutex
 	segs  []File // segment files by number
-	tail  int64  // end of the last segment's durable data
+
+	eraseMu sync.RWMutex        // held by Erase and ReplaceSealed while they rewrite records in place; readers share it
+	frames  map[int]*frameIndex // per segment, where its frames start (under eraseMu)
+	tail    int64               // end of the last segment's durable data
 
 	hashes  Mapped // stored hashes, 32 bytes each
 	locator Mapped // per index: segment number << 40 | offset of the record
@@ -261,6 +264,9 @@ type state struct {
 func openLog(dir, name string, opts Options) (*Log, error) {
 	l := &Log{dir: dir, name: name, fs: opts.FS, opts: opts, lastOfTyp: map[string]uint64{}, stop: make(chan struct{}), stopped: make(chan struct{})}
 	err := l.openFiles()
+	if err == nil {
+		err = l.redoJournal()
+	}
 	if err == nil {
 		err = l.recover()
 	}
@@ -713,6 +719,8 @@ func (l *Log) Entry(ctx context.Context, index uint64) (*store.Entry, error) {
 	if index >= l.size.Load() {
 		return nil, store.ErrNotFound
 	}
+	l.eraseMu.RLock()
+	defer l.eraseMu.RUnlock()
 	segn, off, err := l.loc(index)
 	if err != nil {
 		return nil, err

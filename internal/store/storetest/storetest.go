@@ -14,6 +14,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -40,6 +41,7 @@ func Run(t *testing.T, open func(t *testing.T) (store.Store, func() store.Store)
 		{"Reopen", testReopen},
 		{"ConcurrentReads", testConcurrentReads},
 		{"LargeRecord", testLargeRecord},
+		{"Erase", testErase},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -367,4 +369,89 @@ func testLargeRecord(t *testing.T, s store.Store, _ func() store.Store) {
 		t.Fatal(err)
 	}
 	equalEntry(t, got, &es[1])
+}
+
+// testErase: retention erases envelopes and payloads of chosen entries and re-wraps sealed payloads in place;
+// leaves, the tree and every other entry stay exactly as they were, across a reopen, and appends go on.
+func testErase(t *testing.T, s store.Store, reopen func() store.Store) {
+	ctx := context.Background()
+	lg := create(t, s, "log")
+	es := Entries(0, 300, "inference")
+	for k := 0; k < 300; k += 100 { // several batches, so erases span frames
+		if err := Append(ctx, lg, es[k:k+100]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	root, err := tlog.TreeHash(300, lg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	erase := []uint64{1, 2, 5, 99, 100, 101, 250, 299}
+	if err := lg.Erase(ctx, erase); err != nil {
+		t.Fatalf("Erase: %v", err)
+	}
+	if err := lg.Erase(ctx, erase[:3]); err != nil {
+		t.Fatalf("Erase of erased entries: %v", err)
+	}
+	if err := lg.Erase(ctx, []uint64{300}); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("Erase beyond the log: got %v, want ErrNotFound", err)
+	}
+	// Re-wrap one kept payload: same length, new bytes.
+	var kept uint64 = 4 // 4%3 != 0: has a sealed payload
+	repl := bytes.Clone(es[kept].Sealed)
+	for i := range repl[:20] {
+		repl[i] ^= 0xa5
+	}
+	if err := lg.ReplaceSealed(ctx, kept, repl); err != nil {
+		t.Fatalf("ReplaceSealed: %v", err)
+	}
+	if err := lg.ReplaceSealed(ctx, kept, repl[:len(repl)-1]); err == nil {
+		t.Errorf("ReplaceSealed with a shorter payload succeeded")
+	}
+	if err := lg.ReplaceSealed(ctx, 3, make([]byte, 10)); err == nil { // 3%3 == 0: no payload
+		t.Errorf("ReplaceSealed of an entry without payload succeeded")
+	}
+	if err := lg.ReplaceSealed(ctx, 2, make([]byte, 10)); err == nil {
+		t.Errorf("ReplaceSealed of an erased entry succeeded")
+	}
+	es[kept].Sealed = repl
+	check := func(lg store.Log) {
+		t.Helper()
+		if r, err := tlog.TreeHash(300, lg); err != nil || r != root {
+			t.Errorf("tree changed by Erase: %v", err)
+		}
+		n := 0
+		err := lg.Entries(ctx, 0, 300, func(e *store.Entry) error {
+			want := es[e.Index]
+			if slices.Contains(erase, e.Index) {
+				n++
+				if e.Envelope != nil || e.Sealed != nil || e.Salt != ([16]byte{}) || e.ContentKey != ([16]byte{}) {
+					t.Errorf("entry %d: erased, but envelope %v, sealed %v, salt or content key kept", e.Index, e.Envelope != nil, e.Sealed != nil)
+				}
+				if e.ID != want.ID || e.Recorded != want.Recorded || e.Type != want.Type || e.Digest != want.Digest {
+					t.Errorf("entry %d: leaf fields changed by Erase", e.Index)
+				}
+				return nil
+			}
+			equalEntry(t, e, &want)
+			return nil
+		})
+		if err != nil || n != len(erase) {
+			t.Errorf("Entries after Erase: %v, %d erased seen", err, n)
+		}
+	}
+	check(lg)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s2 := reopen()
+	defer s2.Close()
+	lg2, err := s2.Open(ctx, "log")
+	if err != nil {
+		t.Fatal(err)
+	}
+	check(lg2)
+	if err := Append(ctx, lg2, Entries(300, 5, "inference")); err != nil || lg2.Size() != 305 {
+		t.Errorf("append after erase and reopen: %v, size %d", err, lg2.Size())
+	}
 }
