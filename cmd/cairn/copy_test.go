@@ -110,8 +110,12 @@ func TestCopyRoundTrip(t *testing.T) {
 	}
 	pgURL := url + sep + "search_path=" + schema
 
-	run("copy", "--from", data1, "--to", pgURL)
-	if out := run("verify", "--data", data1, "--store", pgURL, "--full", "--state", filepath.Join(dir, "s1.json")); !strings.Contains(out, "verified: 601 entries checked") {
+	if out := run("copy", "--from", data1, "--to", pgURL); !strings.Contains(out, " key(s), still wrapped") || strings.Contains(out, "copied 0 key(s)") {
+		t.Errorf("copy to PostgreSQL did not take the keyring along:\n%s", out)
+	}
+	// --decrypt opens every payload with the keys the copy put in the database (and the same KEK).
+	kek := filepath.Join(data1, "keys", "kek")
+	if out := run("verify", "--data", data1, "--store", pgURL, "--full", "--decrypt", "--kek", kek, "--state", filepath.Join(dir, "s1.json")); !strings.Contains(out, "verified: 601 entries checked") {
 		t.Errorf("verify of the PostgreSQL copy:\n%s", out)
 	}
 	// Back into a second installation of the same origin and public key.
@@ -121,7 +125,7 @@ func TestCopyRoundTrip(t *testing.T) {
 		os.WriteFile(filepath.Join(data2, f), bs, 0o600)
 	}
 	run("copy", "--from", pgURL, "--to", data2)
-	if out := run("verify", "--data", data2, "--full", "--state", filepath.Join(dir, "s2.json")); !strings.Contains(out, "verified: 601 entries checked") {
+	if out := run("verify", "--data", data2, "--full", "--decrypt", "--kek", kek, "--state", filepath.Join(dir, "s2.json")); !strings.Contains(out, "verified: 601 entries checked") {
 		t.Errorf("verify of the round-tripped copy:\n%s", out)
 	}
 	back, err := os.ReadFile(filepath.Join(data2, "logs", "credit", "checkpoint"))

@@ -42,7 +42,7 @@ func cmdServe(args []string, stdout, stderr io.Writer) error {
 	tlsKey := fs.String("tls-key", "", "TLS private key file (PEM)")
 	clientCA := fs.String("client-ca", "", "require client certificates signed by this CA (PEM): mutual TLS")
 	insecure := fs.Bool("insecure", false, "allow plaintext HTTP on a non-loopback address")
-	keyringDir := fs.String("keyring", os.Getenv("CAIRN_KEYRING"), "directory of the KEK-wrapped period keys (env CAIRN_KEYRING; default DATA/keys/periods); nodes sharing a PostgreSQL store must share it")
+	keyringDir := fs.String("keyring", os.Getenv("CAIRN_KEYRING"), "directory of the KEK-wrapped period keys (env CAIRN_KEYRING; default DATA/keys/periods, or the database with --store)")
 	storeURL := fs.String("store", os.Getenv("CAIRN_STORE"), "keep the logs in PostgreSQL (postgres://…; env CAIRN_STORE) instead of DATA/logs; run 'cairn migrate' first")
 	if err := fs.Parse(args); err != nil {
 		return errUsage
@@ -105,25 +105,34 @@ func cmdServe(args []string, stdout, stderr io.Writer) error {
 	if skNew || kekNew {
 		fmt.Fprintln(stdout, "in production keep the signing key and the KEK outside the data directory (--signing-key, --kek)")
 	}
-	kr := p.keyring()
-	if *keyringDir != "" {
-		kr = *keyringDir
-	}
-	keys, err := seal.OpenKeyring(kr, kek)
-	if err != nil {
-		return err
-	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	var st store.Store
+	defer stop()
+	var (
+		st store.Store
+		ks seal.KeyStore
+	)
 	if *storeURL != "" {
-		st, err = pg.Open(ctx, *storeURL, pg.Options{Logger: logger})
+		var ps *pg.Store
+		ps, err = pg.Open(ctx, *storeURL, pg.Options{Logger: logger})
+		// Nodes over one database share its keyring (wrapped by the KEK they share), unless --keyring says otherwise.
+		st, ks = ps, ps.Keys()
 	} else {
 		st, err = local.Open(p.data, local.Options{Logger: logger})
 	}
 	if err != nil {
 		return err
 	}
-	defer stop()
+	if *keyringDir != "" || ks == nil {
+		kr := p.keyring()
+		if *keyringDir != "" {
+			kr = *keyringDir
+		}
+		if ks, err = seal.NewFileKeyStore(kr); err != nil {
+			st.Close()
+			return err
+		}
+	}
+	keys := seal.NewKeyring(ks, kek)
 	l, err := ledger.Open(ctx, ledger.Config{Origin: cfg.Origin, CheckpointInterval: *cpInterval, DedupWindow: *dedup, Logger: logger}, st, keys, sk)
 	if err != nil {
 		st.Close()

@@ -38,7 +38,7 @@ func cmdVerify(args []string, stdout, stderr io.Writer) error {
 	entries := fs.Bool("entries", false, "with --url: also fetch every entry bundle and check each leaf against the tree (needs CAIRN_TOKEN)")
 	jsonOut := fs.Bool("json", false, "print the report as JSON")
 	decrypt := fs.Bool("decrypt", false, "with --data: also open every sealed payload with the keys (--kek) — the operator's check")
-	kekPath := fs.String("kek", "", "with --decrypt: key-encryption key file (env CAIRN_KEK_FILE; default DATA/keys/kek)")
+	kekPath := fs.String("kek", "", "with --decrypt: key-encryption key file (env CAIRN_KEK_FILE; default DATA/keys/kek); with --store the period keys are the database's")
 	if err := fs.Parse(args); err != nil {
 		return errUsage
 	}
@@ -117,8 +117,10 @@ func verifyData(data, storeURL string, full bool, stateFile, pubFile string, jso
 		if err != nil {
 			return err
 		}
-		keys, err := seal.OpenKeyring(kp.keyring(), kek)
-		if err != nil {
+		var keys *seal.Keyring
+		if ps, ok := st.(*pg.Store); ok {
+			keys = seal.NewKeyring(ps.Keys(), kek) // the database's keyring, as its nodes use it
+		} else if keys, err = seal.OpenKeyring(kp.keyring(), kek); err != nil {
 			return err
 		}
 		opts.Open = func(system string, e *store.Entry) error {

@@ -51,7 +51,7 @@ func TestTwoNodesOneLog(t *testing.T) {
 	k := make([]byte, 32)
 	rand.Read(k)
 	kek, _ := seal.NewKEK(k)
-	keyDir := t.TempDir() // nodes share the KEK and the period keys (a shared key store in production)
+	// Nodes share the KEK; the period keys and secrets they share through the database.
 	_, sk, _ := ed25519.GenerateKey(rand.Reader)
 	var nodes []*ledger.Ledger
 	for i := 0; i < 2; i++ {
@@ -59,7 +59,7 @@ func TestTwoNodesOneLog(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		keys, _ := seal.OpenKeyring(keyDir, kek)
+		keys := seal.NewKeyring(st.Keys(), kek)
 		l, err := ledger.Open(ctx, ledger.Config{Origin: "nodes.test", CheckpointInterval: 5 * time.Millisecond}, st, keys, sk)
 		if err != nil {
 			t.Fatal(err)
@@ -73,7 +73,7 @@ func TestTwoNodesOneLog(t *testing.T) {
 	// The second node learns of the log (a real server opens logs as they appear; here, reopen).
 	nodes[1].Close()
 	st, _ := pg.Open(ctx, url, pg.Options{Schema: schema})
-	keys, _ := seal.OpenKeyring(keyDir, kek)
+	keys := seal.NewKeyring(st.Keys(), kek)
 	nodes[1], err = ledger.Open(ctx, ledger.Config{Origin: "nodes.test", CheckpointInterval: 5 * time.Millisecond}, st, keys, sk)
 	if err != nil {
 		t.Fatal(err)

@@ -12,7 +12,8 @@
 // and [Open] refuses a schema older than this code knows (unless Options.Migrate) or newer.
 //
 // The package never interprets what it keeps (no envelope parsing, no decryption, no signing), never lowers
-// synchronous_commit, and never stores key material.
+// synchronous_commit, and never stores key material in clear: the keyring's keys (KeyStore) arrive wrapped by
+// the key-encryption key, which stays outside the database.
 //
 // # Dependency
 //
