@@ -2,9 +2,6 @@ package main
 
 import (
 	"bytes"
-	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"net"
 	"net/http"
 	"os"
@@ -14,20 +11,12 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/jackc/pgx/v5"
 )
 
 // TestCopyRoundTrip copies a log from the embedded store to PostgreSQL and back: every checkpoint stays valid,
 // both copies verify, and the final latest checkpoint is byte-identical to the original's.
 func TestCopyRoundTrip(t *testing.T) {
-	url := os.Getenv("CAIRN_TEST_PG")
-	if url == "" {
-		if os.Getenv("CI") != "" {
-			t.Fatal("CAIRN_TEST_PG is not set in CI")
-		}
-		t.Skip("CAIRN_TEST_PG not set")
-	}
+	url, schema, pgURL := pgTestSchema(t, "cairn_copy_")
 	bin := filepath.Join(cliBinary(t), "cairn")
 	dir := t.TempDir()
 	data1, data2 := filepath.Join(dir, "data1"), filepath.Join(dir, "data2")
@@ -86,30 +75,7 @@ func TestCopyRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// A fresh schema in PostgreSQL.
-	ctx := context.Background()
-	b := make([]byte, 6)
-	rand.Read(b)
-	schema := "cairn_copy_" + hex.EncodeToString(b)
-	c, err := pgx.Connect(ctx, url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.Exec(ctx, "CREATE SCHEMA "+pgx.Identifier{schema}.Sanitize())
-	c.Close(ctx)
-	t.Cleanup(func() {
-		if c, err := pgx.Connect(ctx, url); err == nil {
-			c.Exec(ctx, "DROP SCHEMA "+pgx.Identifier{schema}.Sanitize()+" CASCADE")
-			c.Close(ctx)
-		}
-	})
 	run("migrate", "--store", url, "--schema", schema)
-	sep := "?"
-	if strings.Contains(url, "?") {
-		sep = "&"
-	}
-	pgURL := url + sep + "search_path=" + schema
-
 	if out := run("copy", "--from", data1, "--to", pgURL); !strings.Contains(out, " key(s), still wrapped") || strings.Contains(out, "copied 0 key(s)") {
 		t.Errorf("copy to PostgreSQL did not take the keyring along:\n%s", out)
 	}
