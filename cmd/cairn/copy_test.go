@@ -11,12 +11,14 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/cairn-ai/cairn/internal/store/pg/pgtest"
 )
 
 // TestCopyRoundTrip copies a log from the embedded store to PostgreSQL and back: every checkpoint stays valid,
 // both copies verify, and the final latest checkpoint is byte-identical to the original's.
 func TestCopyRoundTrip(t *testing.T) {
-	url, schema, pgURL := pgTestSchema(t, "cairn_copy_")
+	url, schema, pgURL := pgtest.Schema(t, "cairn_copy_")
 	bin := filepath.Join(cliBinary(t), "cairn")
 	dir := t.TempDir()
 	data1, data2 := filepath.Join(dir, "data1"), filepath.Join(dir, "data2")

@@ -3,8 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	mrand "math/rand/v2"
 	"net/http"
@@ -24,6 +22,7 @@ import (
 	"github.com/cairn-ai/cairn/internal/event"
 	"github.com/cairn-ai/cairn/internal/ledger"
 	"github.com/cairn-ai/cairn/internal/seal"
+	"github.com/cairn-ai/cairn/internal/store/pg/pgtest"
 )
 
 // TestNodesKillMidIngest is the multi-node acceptance test of the PostgreSQL store: three `cairn serve
@@ -36,7 +35,7 @@ import (
 // tree (consistency proofs); `cairn verify --store` passes, also opening every payload; and after `cairn keys
 // rotate --store` every payload opens with the new KEK alone.
 func TestNodesKillMidIngest(t *testing.T) {
-	url, schema, pgURL := pgTestSchema(t, "cairn_nodes_")
+	url, schema, pgURL := pgtest.Schema(t, "cairn_nodes_")
 	bin := filepath.Join(cliBinary(t), "cairn")
 	dir := t.TempDir()
 	ctx := context.Background()
@@ -295,41 +294,4 @@ func (b *cpBook) sorted(sys string) []ledger.Checkpoint {
 		return bytes.Compare(a.Root[:], b.Root[:])
 	})
 	return slices.CompactFunc(out, func(a, b ledger.Checkpoint) bool { return a.Size == b.Size && a.Root == b.Root })
-}
-
-// pgTestSchema makes a fresh schema in the test PostgreSQL (CAIRN_TEST_PG; the test skips without it, and
-// fails under CI), dropped when the test ends. It returns the server's URL, the schema, and a URL whose
-// search_path is the schema.
-func pgTestSchema(t *testing.T, prefix string) (url, schema, schemaURL string) {
-	t.Helper()
-	url = os.Getenv("CAIRN_TEST_PG")
-	if url == "" {
-		if os.Getenv("CI") != "" {
-			t.Fatal("CAIRN_TEST_PG is not set in CI")
-		}
-		t.Skip("CAIRN_TEST_PG not set")
-	}
-	ctx := context.Background()
-	b := make([]byte, 6)
-	rand.Read(b)
-	schema = prefix + hex.EncodeToString(b)
-	c, err := pgx.Connect(ctx, url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close(ctx)
-	if _, err := c.Exec(ctx, "CREATE SCHEMA "+pgx.Identifier{schema}.Sanitize()); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if c, err := pgx.Connect(ctx, url); err == nil {
-			c.Exec(ctx, "DROP SCHEMA "+pgx.Identifier{schema}.Sanitize()+" CASCADE")
-			c.Close(ctx)
-		}
-	})
-	sep := "?"
-	if strings.Contains(url, "?") {
-		sep = "&"
-	}
-	return url, schema, url + sep + "search_path=" + schema
 }
