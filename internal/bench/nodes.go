@@ -54,6 +54,10 @@ type ScaleResult struct {
 	// LostRaces counts batches, over every node, that lost the race for a log to another node and were
 	// sequenced again.
 	LostRaces int64 `json:"lost_races"`
+	// DatabaseBytes is what the store's tables and indexes take per event at the end (PostgreSQL only), and
+	// WALBytes the write-ahead log the whole server wrote per event during the load (other sessions included).
+	DatabaseBytes float64 `json:"database_bytes_per_event,omitempty"`
+	WALBytes      float64 `json:"wal_bytes_per_event,omitempty"`
 }
 
 // SystemName is the id of the i-th system of a multi-system scenario (System for i = 0).
@@ -104,6 +108,7 @@ func RunScale(ctx context.Context, dir string, c ScaleConfig) (res ScaleResult, 
 		return res, err
 	}
 	var (
+		pgStore *pg.Store // the first node's, for the database's figures
 		ledgers []*ledger.Ledger
 		servers []*http.Server
 		urls    []string
@@ -131,6 +136,9 @@ func RunScale(ctx context.Context, dir string, c ScaleConfig) (res ScaleResult, 
 				return res, err
 			}
 			st, ks = ps, ps.Keys()
+			if pgStore == nil {
+				pgStore = ps
+			}
 		} else {
 			if st, err = local.Open(filepath.Join(dir, "data"), local.Options{Logger: quiet}); err != nil {
 				return res, err
@@ -174,6 +182,10 @@ func RunScale(ctx context.Context, dir string, c ScaleConfig) (res ScaleResult, 
 	}
 	cpu := startCPU()
 	db := startDBCPU()
+	var wal0 int64
+	if pgStore != nil {
+		wal0, _ = pgStore.WALPosition(ctx)
+	}
 	if c.Spawn != nil {
 		res.Load, err = c.Spawn(ctx, load)
 	} else {
@@ -201,8 +213,14 @@ func RunScale(ctx context.Context, dir string, c ScaleConfig) (res ScaleResult, 
 			}
 		}
 	}
-	if c.PG != "" {
+	if pgStore != nil && total > 0 {
 		res.DatabaseCPU = db.per(total)
+		if wal1, err := pgStore.WALPosition(ctx); err == nil {
+			res.WALBytes = float64(wal1-wal0) / float64(total)
+		}
+		if n, err := pgStore.DiskUsage(ctx); err == nil {
+			res.DatabaseBytes = float64(n) / float64(total)
+		}
 	}
 	return res, nil
 }
@@ -212,13 +230,16 @@ type dbCPU map[int]time.Duration
 
 func startDBCPU() dbCPU { return pgProcesses() }
 
-// per is the CPU the PostgreSQL processes used since the sample, per event; processes that came or went in
-// between count for what they used while both samples saw them.
+// per is the CPU the PostgreSQL processes used since the sample, per event. A process that started in between
+// (a backend of a connection the nodes' pools opened) counts for all it used; one that ended in between is
+// missed.
 func (d dbCPU) per(events int64) *CPU {
 	now := pgProcesses()
 	var used time.Duration
 	for pid, t := range now {
-		if t0, ok := d[pid]; ok && t >= t0 {
+		if t0, ok := d[pid]; !ok {
+			used += t
+		} else if t >= t0 {
 			used += t - t0
 		}
 	}

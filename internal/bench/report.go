@@ -58,6 +58,11 @@ func WriteTable(w io.Writer, r *Report) {
 		fmt.Fprintln(tw, "\t\t\t\t\t\t\t\t\t")
 	}
 	tw.Flush()
+	for _, s := range r.Scale {
+		if m := s.Median; m.DatabaseBytes > 0 {
+			fmt.Fprintf(w, "%s: database %.0f bytes/event (tables and indexes), WAL %.0f bytes/event (whole server)\n", s.Name, m.DatabaseBytes, m.WALBytes)
+		}
+	}
 	for _, s := range r.HTTP {
 		h := s.Median
 		if h.Load.ClientCPU != nil && !h.SharedProcess {

@@ -29,3 +29,24 @@ func execOnce(ctx context.Context, url, sql string) error {
 	}
 	return nil
 }
+
+// DiskUsage is the bytes the store's tables and their indexes (and TOAST) take in its schema.
+func (s *Store) DiskUsage(ctx context.Context) (int64, error) {
+	var n int64
+	err := s.pool.QueryRow(ctx, `SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint FROM pg_class c
+		JOIN pg_namespace ns ON ns.oid = c.relnamespace WHERE ns.nspname = current_schema() AND c.relkind = 'r'`).Scan(&n)
+	if err != nil {
+		return 0, fmt.Errorf("disk usage: %w", err)
+	}
+	return n, nil
+}
+
+// WALPosition is the server's current write-ahead log position in bytes: the difference between two readings
+// is the WAL the whole server wrote in between (every database on it, not only this store).
+func (s *Store) WALPosition(ctx context.Context) (int64, error) {
+	var n int64
+	if err := s.pool.QueryRow(ctx, "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint").Scan(&n); err != nil {
+		return 0, fmt.Errorf("wal position: %w", err)
+	}
+	return n, nil
+}
