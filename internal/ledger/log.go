@@ -866,6 +866,7 @@ func (lg *Log) hashBatch(b *store.Batch) error {
 		out := make([]tlog.Hash, len(idx))
 		lg.inflightMu.Lock()
 		defer lg.inflightMu.Unlock()
+		var stored, at []int64 // read from the store in one call (one query for a database)
 		for i, x := range idx {
 			if x >= base {
 				out[i] = b.Hashes[x-base]
@@ -880,11 +881,16 @@ func (lg *Log) hashBatch(b *store.Batch) error {
 			}
 			if !found {
 				// Not in flight, so durable in the store: batches leave the in-flight list only after their append.
-				h, err := lg.store.ReadHashes([]int64{x})
-				if err != nil {
-					return nil, err
-				}
-				out[i] = h[0]
+				stored, at = append(stored, x), append(at, int64(i))
+			}
+		}
+		if len(stored) > 0 {
+			hs, err := lg.store.ReadHashes(stored)
+			if err != nil {
+				return nil, err
+			}
+			for j, i := range at {
+				out[i] = hs[j]
 			}
 		}
 		return out, nil
