@@ -51,6 +51,7 @@ func cmdBench(args []string, stdout, stderr io.Writer) error {
 	scaleNodes := fs.String("nodes", ints(d.ScaleNodes), "scale: node counts (more than 1 with --store only)")
 	scaleSystems := fs.String("systems", ints(d.ScaleSystems), "scale: system counts (logs the load is spread over)")
 	scaleLoad := fs.String("scale-http", fmt.Sprintf("%dx%d", d.ScaleClients, d.ScaleBatch), "scale: CLIENTSxEVENTS per request (clients rounded up to a multiple of nodes × systems)")
+	scaleConns := fs.Int("pg-conns", 0, "scale: each node's PostgreSQL connection pool size (default: the store's, as cairn serve)")
 	noIDs := fs.Bool("no-ids", false, "let the server choose event ids (by default clients send UUIDv7 ids, which are idempotency keys)")
 	sameProcess := fs.Bool("same-process", false, "run the HTTP load generator inside the server's process (its CPU then counts as the server's)")
 	dir := fs.String("dir", "", "directory for the temporary installations (default: the system's temp dir)")
@@ -81,7 +82,7 @@ func cmdBench(args []string, stdout, stderr io.Writer) error {
 	if o.HTTPClients, o.HTTPBatch, err = parsePair(*httpLoad); err != nil {
 		return fmt.Errorf("--http: %w", err)
 	}
-	o.ScalePG = *scalePG
+	o.ScalePG, o.ScaleConns = *scalePG, int32(*scaleConns)
 	if o.ScaleNodes, err = parseInts(*scaleNodes); err != nil {
 		return fmt.Errorf("--nodes: %w", err)
 	}

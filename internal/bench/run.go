@@ -37,6 +37,7 @@ type Options struct {
 	ScaleSystems []int
 	ScaleClients int
 	ScaleBatch   int
+	ScaleConns   int32 // each node's PostgreSQL connection pool (0: the store's default)
 
 	ProofLeaves      uint64
 	ProofQueries     int
@@ -270,6 +271,7 @@ func runScale(ctx context.Context, o Options, r *Report) error {
 		}
 	}
 	r.Options["scale"] = fmt.Sprintf("%dx%d", o.ScaleClients, o.ScaleBatch)
+	r.Options["scale_pg_conns"] = o.ScaleConns
 	for _, c := range cases {
 		// At least one client per (node, system) pair, and as many for each.
 		pairs := c.nodes * c.systems
@@ -292,7 +294,7 @@ func runScale(ctx context.Context, o Options, r *Report) error {
 			if err != nil {
 				return err
 			}
-			res, err := RunScale(ctx, dir, ScaleConfig{PG: c.pg, Nodes: c.nodes, Systems: c.systems, Affinity: c.affinity, Spawn: o.Spawn,
+			res, err := RunScale(ctx, dir, ScaleConfig{PG: c.pg, Nodes: c.nodes, Systems: c.systems, Affinity: c.affinity, MaxConns: o.ScaleConns, Spawn: o.Spawn,
 				Load: LoadConfig{Clients: clients, Batch: o.ScaleBatch, Warmup: o.Warmup, Duration: o.Duration, NoIDs: o.NoIDs}})
 			if !o.Keep {
 				os.RemoveAll(dir)
