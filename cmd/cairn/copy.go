@@ -65,6 +65,11 @@ func cmdCopy(args []string, stdout, stderr io.Writer) error {
 	return nil
 }
 
+// isPostgres reports whether where is a PostgreSQL URL rather than a directory.
+func isPostgres(where string) bool {
+	return strings.HasPrefix(where, "postgres://") || strings.HasPrefix(where, "postgresql://")
+}
+
 // keyStoreOf returns where a store's installation keeps its KEK-wrapped keys: the database's table, or the data
 // directory's keyring (nil for a source directory without one).
 func keyStoreOf(st store.Store, where string, source bool) (seal.KeyStore, error) {
@@ -81,7 +86,7 @@ func keyStoreOf(st store.Store, where string, source bool) (seal.KeyStore, error
 // openStore opens a data directory's embedded store (locked; read-only for a source) or a PostgreSQL store.
 // Every checkpoint of the history is kept on the way in, so a copy loses none.
 func openStore(ctx context.Context, where string, source bool) (store.Store, func(), error) {
-	if strings.HasPrefix(where, "postgres://") || strings.HasPrefix(where, "postgresql://") {
+	if isPostgres(where) {
 		st, err := pg.Open(ctx, where, pg.Options{HistoryInterval: time.Microsecond})
 		if err != nil {
 			return nil, nil, err

@@ -14,19 +14,101 @@ import (
 
 	"github.com/cairn-ai/cairn/internal/atomicfile"
 	"github.com/cairn-ai/cairn/internal/seal"
+	"github.com/cairn-ai/cairn/internal/store"
 	"github.com/cairn-ai/cairn/internal/store/pg"
 )
 
-const keysUsage = `usage: cairn keys rotate --data DIR [--kek OLD] --new-kek NEW [--keyring DIR | --store postgres://…]`
+const keysUsage = `usage: cairn keys rotate --data DIR [--kek OLD] --new-kek NEW [--keyring DIR | --store postgres://…]
+       cairn keys copy --from KEYRING-DIR|postgres://… --to KEYRING-DIR|postgres://…`
 
 // cmdKeys administers the keys of a stopped instance.
 func cmdKeys(args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 || args[0] != "rotate" {
+	switch {
+	case len(args) > 0 && args[0] == "rotate":
+		return keysRotate(args[1:], stdout, stderr)
+	case len(args) > 0 && args[0] == "copy":
+		return keysCopy(args[1:], stdout, stderr)
+	}
+	fmt.Fprintln(stderr, keysUsage)
+	return errUsage
+}
+
+// keysCopy copies the KEK-wrapped keys from a keyring directory or a PostgreSQL store to another, as they are:
+// nothing is unwrapped, so it needs no KEK. It moves the keys of nodes that shared a keyring directory into
+// their database (and back).
+func keysCopy(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("keys copy", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	from := fs.String("from", "", "source: a keyring directory (e.g. DATA/keys/periods) or postgres://…")
+	to := fs.String("to", "", "destination: a keyring directory or postgres://…")
+	if err := fs.Parse(args); err != nil {
+		return errUsage
+	}
+	if *from == "" || *to == "" || fs.NArg() != 0 {
 		fmt.Fprintln(stderr, keysUsage)
 		return errUsage
 	}
-	return keysRotate(args[1:], stdout, stderr)
+	ctx := context.Background()
+	open := func(where string, source bool) (seal.KeyStore, func(), error) {
+		if isPostgres(where) {
+			st, err := pg.Open(ctx, where, pg.Options{})
+			if err != nil {
+				return nil, nil, err
+			}
+			return st.Keys(), func() { st.Close() }, nil
+		}
+		if _, err := os.Stat(where); source && err != nil {
+			return nil, nil, fmt.Errorf("keyring: %w", err)
+		}
+		ks, err := seal.NewFileKeyStore(where)
+		return ks, func() {}, err
+	}
+	src, closeSrc, err := open(*from, true)
+	if err != nil {
+		return fmt.Errorf("source: %w", err)
+	}
+	defer closeSrc()
+	dst, closeDst, err := open(*to, false)
+	if err != nil {
+		return fmt.Errorf("destination: %w", err)
+	}
+	defer closeDst()
+	n, err := seal.CopyKeys(ctx, src, dst)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "copied %d key(s), still wrapped by the key-encryption key\n", n)
+	return nil
 }
+
+// checkKeysMoved refuses to serve a database that holds events but no keys: its keys are still in a keyring
+// directory (nodes before keys moved into the database shared one). Serving it would make new instance secrets
+// (other pseudonyms, other idempotency digests) and leave the earlier payloads unopenable.
+func checkKeysMoved(ctx context.Context, st store.Store, ks *pg.KeyStore) error {
+	hasKeys := false
+	if err := ks.List(ctx, func(seal.WrappedKey) error { hasKeys = true; return errStopList }); err != nil && !errors.Is(err, errStopList) {
+		return err
+	}
+	if hasKeys {
+		return nil
+	}
+	names, err := st.Logs(ctx)
+	if err != nil {
+		return err
+	}
+	for _, name := range names {
+		lg, err := st.Open(ctx, name)
+		if err != nil {
+			return err
+		}
+		if lg.Size() > 0 {
+			return fmt.Errorf("the database holds events but no keys: they are in a keyring directory; copy them in with 'cairn keys copy --from DIR --to postgres://…' (DIR as --keyring was, e.g. DATA/keys/periods), or start with --keyring DIR")
+		}
+	}
+	return nil
+}
+
+var errStopList = errors.New("stop")
 
 // keysRotate makes a new key-encryption key and re-wraps every key of the keyring under it. Leaves, envelopes
 // and payloads are untouched: only the KEK-wrapped key files change, each atomically, so an interrupted

@@ -46,13 +46,7 @@ func TestNodesKillMidIngest(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer db.Close(ctx)
-	env := []string{"XDG_STATE_HOME=" + filepath.Join(dir, "state"), "CAIRN_KEYRING=", "CAIRN_STORE=", "CAIRN_KEK_FILE=", "CAIRN_SIGNING_KEY_FILE="}
-	run := func(args ...string) (string, error) {
-		cmd := exec.Command(bin, args...)
-		cmd.Env = append(os.Environ(), env...)
-		out, err := cmd.CombinedOutput()
-		return string(out), err
-	}
+	env, run := cleanEnv(bin, dir)
 	must := func(args ...string) string {
 		t.Helper()
 		out, err := run(args...)
@@ -294,4 +288,56 @@ func (b *cpBook) sorted(sys string) []ledger.Checkpoint {
 		return bytes.Compare(a.Root[:], b.Root[:])
 	})
 	return slices.CompactFunc(out, func(a, b ledger.Checkpoint) bool { return a.Size == b.Size && a.Root == b.Root })
+}
+
+// TestKeysMovedIntoDatabase: nodes that kept their keys in a shared keyring directory (--keyring) are not started
+// over the database's (empty) key table by mistake — which would make new secrets and leave earlier payloads
+// unopenable — and `cairn keys copy` moves the keys in, after which a node without --keyring reads every payload.
+func TestKeysMovedIntoDatabase(t *testing.T) {
+	url, schema, pgURL := pgtest.Schema(t, "cairn_keys_")
+	bin := filepath.Join(cliBinary(t), "cairn")
+	dir := t.TempDir()
+	env, run := cleanEnv(bin, dir)
+	if out, err := run("migrate", "--store", url, "--schema", schema); err != nil {
+		t.Fatalf("migrate: %v\n%s", err, out)
+	}
+	data, keyring := filepath.Join(dir, "data"), filepath.Join(dir, "shared-keyring")
+	serve := []string{"serve", "--data", data, "--store", pgURL, "--listen", "127.0.0.1:0", "--origin", "keys.test/cairn"}
+	srv := startCairn(t, bin, env, append(serve, "--keyring", keyring)...)
+	tok, _ := os.ReadFile(filepath.Join(data, "admin.token"))
+	token := strings.TrimSpace(string(tok))
+	if st, b, err := srv.post(token, "/v1/systems", []byte(`{"id":"credit","name":"x","intended_purpose":"y","provider":"z"}`)); err != nil || st != http.StatusCreated {
+		t.Fatalf("register: %d %s %v", st, b, err)
+	}
+	body := `[{"type":"inference","model":{"name":"m","version":"1"},"payload":{"subject":"s","output":1}}]`
+	if st, b, err := srv.post(token, "/v1/systems/credit/events", []byte(body)); err != nil || st != http.StatusOK {
+		t.Fatalf("ingest: %d %s %v", st, b, err)
+	}
+	srv.term(t)
+
+	// Without --keyring the node would use the database's keys, which are not there yet: refused.
+	if out, err := run(serve...); err == nil || !strings.Contains(out, "cairn keys copy") {
+		t.Fatalf("serve over a database whose keys are elsewhere = %v:\n%s", err, out)
+	}
+	out, err := run("keys", "copy", "--from", keyring, "--to", pgURL)
+	if err != nil || !strings.Contains(out, "key(s), still wrapped") || strings.Contains(out, "copied 0 ") {
+		t.Fatalf("keys copy: %v\n%s", err, out)
+	}
+	srv = startCairn(t, bin, env, serve...)
+	srv.term(t)
+	if out, err := run("verify", "--data", data, "--store", pgURL, "--full", "--decrypt", "--state", filepath.Join(dir, "v.json")); err != nil {
+		t.Fatalf("verify --decrypt with the database's keys: %v\n%s", err, out)
+	}
+}
+
+// cleanEnv returns the environment additions that keep the caller's CAIRN_* settings out of a test's commands
+// (verify state under dir), and a runner of bin with them.
+func cleanEnv(bin, dir string) ([]string, func(args ...string) (string, error)) {
+	env := []string{"XDG_STATE_HOME=" + filepath.Join(dir, "state"), "CAIRN_KEYRING=", "CAIRN_STORE=", "CAIRN_KEK_FILE=", "CAIRN_SIGNING_KEY_FILE="}
+	return env, func(args ...string) (string, error) {
+		cmd := exec.Command(bin, args...)
+		cmd.Env = append(os.Environ(), env...)
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
 }

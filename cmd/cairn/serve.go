@@ -132,6 +132,12 @@ func cmdServe(args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 	}
+	if ps, ok := ks.(*pg.KeyStore); ok {
+		if err := checkKeysMoved(ctx, st, ps); err != nil {
+			st.Close()
+			return err
+		}
+	}
 	keys := seal.NewKeyring(ks, kek)
 	l, err := ledger.Open(ctx, ledger.Config{Origin: cfg.Origin, CheckpointInterval: *cpInterval, DedupWindow: *dedup, Logger: logger}, st, keys, sk)
 	if err != nil {
