@@ -85,12 +85,8 @@ func keysCopy(args []string, stdout, stderr io.Writer) error {
 // directory (nodes before keys moved into the database shared one). Serving it would make new instance secrets
 // (other pseudonyms, other idempotency digests) and leave the earlier payloads unopenable.
 func checkKeysMoved(ctx context.Context, st store.Store, ks *pg.KeyStore) error {
-	hasKeys := false
-	if err := ks.List(ctx, func(seal.WrappedKey) error { hasKeys = true; return errStopList }); err != nil && !errors.Is(err, errStopList) {
+	if empty, err := ks.Empty(ctx); err != nil || !empty {
 		return err
-	}
-	if hasKeys {
-		return nil
 	}
 	names, err := st.Logs(ctx)
 	if err != nil {
@@ -107,8 +103,6 @@ func checkKeysMoved(ctx context.Context, st store.Store, ks *pg.KeyStore) error 
 	}
 	return nil
 }
-
-var errStopList = errors.New("stop")
 
 // keysRotate makes a new key-encryption key and re-wraps every key of the keyring under it. Leaves, envelopes
 // and payloads are untouched: only the KEK-wrapped key files change, each atomically, so an interrupted

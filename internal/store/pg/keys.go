@@ -112,3 +112,12 @@ func (k *KeyStore) Replace(ctx context.Context, w seal.WrappedKey, from string) 
 	}
 	return nil
 }
+
+// Empty reports whether the table holds no key at all, destroyed ones included.
+func (k *KeyStore) Empty(ctx context.Context) (bool, error) {
+	var any bool
+	if err := k.s.pool.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM wrapped_keys)").Scan(&any); err != nil {
+		return false, fmt.Errorf("read keys: %w", err)
+	}
+	return !any, nil
+}
