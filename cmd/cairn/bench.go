@@ -36,7 +36,7 @@ func cmdBench(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() { fmt.Fprint(stderr, benchUsage); fs.PrintDefaults() }
-	scenarios := fs.String("scenarios", "append,batched,http,single,proofs", "scenarios to run: append (1 event per call, per --writers), batched, http (batched requests), single (1 event per request), proofs")
+	scenarios := fs.String("scenarios", "append,batched,http,single,proofs", "scenarios to run: append (1 event per call, per --writers), batched, http (batched requests), single (1 event per request), proofs, scale (scale-out: --store, --nodes, --systems)")
 	runs := fs.Int("runs", d.Runs, "runs of each throughput scenario (the median is reported)")
 	warmup := fs.Duration("warmup", d.Warmup, "warm-up before each measured window")
 	duration := fs.Duration("duration", d.Duration, "measured window of each run")
@@ -47,6 +47,11 @@ func cmdBench(args []string, stdout, stderr io.Writer) error {
 	leaves := fs.Uint64("proof-leaves", d.ProofLeaves, "leaves to grow the proof benchmark's log to")
 	queries := fs.Int("proof-queries", d.ProofQueries, "in-process inclusion and consistency proofs to time (each)")
 	httpQueries := fs.Int("http-proof-queries", d.HTTPProofQueries, "proofs to time over HTTP (each; 0 skips)")
+	scalePG := fs.String("store", "", "scale: also run on PostgreSQL at this URL (postgres://…; each run in a throw-away schema)")
+	scaleNodes := fs.String("nodes", ints(d.ScaleNodes), "scale: node counts (more than 1 with --store only)")
+	scaleSystems := fs.String("systems", ints(d.ScaleSystems), "scale: system counts (logs the load is spread over)")
+	scaleLoad := fs.String("scale-http", fmt.Sprintf("%dx%d", d.ScaleClients, d.ScaleBatch), "scale: CLIENTSxEVENTS per request (clients rounded up to a multiple of nodes × systems)")
+	scaleConns := fs.Int("pg-conns", 0, "scale: each node's PostgreSQL connection pool size (default: the store's, as cairn serve)")
 	noIDs := fs.Bool("no-ids", false, "let the server choose event ids (by default clients send UUIDv7 ids, which are idempotency keys)")
 	sameProcess := fs.Bool("same-process", false, "run the HTTP load generator inside the server's process (its CPU then counts as the server's)")
 	dir := fs.String("dir", "", "directory for the temporary installations (default: the system's temp dir)")
@@ -76,6 +81,16 @@ func cmdBench(args []string, stdout, stderr io.Writer) error {
 	}
 	if o.HTTPClients, o.HTTPBatch, err = parsePair(*httpLoad); err != nil {
 		return fmt.Errorf("--http: %w", err)
+	}
+	o.ScalePG, o.ScaleConns = *scalePG, int32(*scaleConns)
+	if o.ScaleNodes, err = parseInts(*scaleNodes); err != nil {
+		return fmt.Errorf("--nodes: %w", err)
+	}
+	if o.ScaleSystems, err = parseInts(*scaleSystems); err != nil {
+		return fmt.Errorf("--systems: %w", err)
+	}
+	if o.ScaleClients, o.ScaleBatch, err = parsePair(*scaleLoad); err != nil {
+		return fmt.Errorf("--scale-http: %w", err)
 	}
 	if o.ProofLeaves < 2 {
 		return errors.New("--proof-leaves: want at least 2")
@@ -150,7 +165,7 @@ func benchLoadgen(stdin io.Reader, stdout io.Writer) error {
 }
 
 func names(s string) ([]string, error) {
-	valid := map[string]bool{"append": true, "batched": true, "http": true, "single": true, "proofs": true}
+	valid := map[string]bool{"append": true, "batched": true, "http": true, "single": true, "proofs": true, "scale": true}
 	var out []string
 	for _, n := range strings.Split(s, ",") {
 		n = strings.TrimSpace(n)
@@ -158,7 +173,7 @@ func names(s string) ([]string, error) {
 			continue
 		}
 		if !valid[n] {
-			return nil, fmt.Errorf("--scenarios: unknown scenario %q (want append, batched, http, single, proofs)", n)
+			return nil, fmt.Errorf("--scenarios: unknown scenario %q (want append, batched, http, single, proofs, scale)", n)
 		}
 		out = append(out, n)
 	}

@@ -2,9 +2,6 @@ package main
 
 import (
 	"bytes"
-	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"net"
 	"net/http"
 	"os"
@@ -15,19 +12,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
+	"github.com/cairn-ai/cairn/internal/store/pg/pgtest"
 )
 
 // TestCopyRoundTrip copies a log from the embedded store to PostgreSQL and back: every checkpoint stays valid,
 // both copies verify, and the final latest checkpoint is byte-identical to the original's.
 func TestCopyRoundTrip(t *testing.T) {
-	url := os.Getenv("CAIRN_TEST_PG")
-	if url == "" {
-		if os.Getenv("CI") != "" {
-			t.Fatal("CAIRN_TEST_PG is not set in CI")
-		}
-		t.Skip("CAIRN_TEST_PG not set")
-	}
+	url, schema, pgURL := pgtest.Schema(t, "cairn_copy_")
 	bin := filepath.Join(cliBinary(t), "cairn")
 	dir := t.TempDir()
 	data1, data2 := filepath.Join(dir, "data1"), filepath.Join(dir, "data2")
@@ -86,32 +77,13 @@ func TestCopyRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// A fresh schema in PostgreSQL.
-	ctx := context.Background()
-	b := make([]byte, 6)
-	rand.Read(b)
-	schema := "cairn_copy_" + hex.EncodeToString(b)
-	c, err := pgx.Connect(ctx, url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.Exec(ctx, "CREATE SCHEMA "+pgx.Identifier{schema}.Sanitize())
-	c.Close(ctx)
-	t.Cleanup(func() {
-		if c, err := pgx.Connect(ctx, url); err == nil {
-			c.Exec(ctx, "DROP SCHEMA "+pgx.Identifier{schema}.Sanitize()+" CASCADE")
-			c.Close(ctx)
-		}
-	})
 	run("migrate", "--store", url, "--schema", schema)
-	sep := "?"
-	if strings.Contains(url, "?") {
-		sep = "&"
+	if out := run("copy", "--from", data1, "--to", pgURL); !strings.Contains(out, " key(s), still wrapped") || strings.Contains(out, "copied 0 key(s)") {
+		t.Errorf("copy to PostgreSQL did not take the keyring along:\n%s", out)
 	}
-	pgURL := url + sep + "search_path=" + schema
-
-	run("copy", "--from", data1, "--to", pgURL)
-	if out := run("verify", "--data", data1, "--store", pgURL, "--full", "--state", filepath.Join(dir, "s1.json")); !strings.Contains(out, "verified: 602 entries checked") {
+	// --decrypt opens every payload with the keys the copy put in the database (and the same KEK).
+	kek := filepath.Join(data1, "keys", "kek")
+	if out := run("verify", "--data", data1, "--store", pgURL, "--full", "--decrypt", "--kek", kek, "--state", filepath.Join(dir, "s1.json")); !strings.Contains(out, "verified: 602 entries checked") {
 		t.Errorf("verify of the PostgreSQL copy:\n%s", out)
 	}
 	// Back into a second installation of the same origin and public key.
@@ -121,7 +93,7 @@ func TestCopyRoundTrip(t *testing.T) {
 		os.WriteFile(filepath.Join(data2, f), bs, 0o600)
 	}
 	run("copy", "--from", pgURL, "--to", data2)
-	if out := run("verify", "--data", data2, "--full", "--state", filepath.Join(dir, "s2.json")); !strings.Contains(out, "verified: 602 entries checked") {
+	if out := run("verify", "--data", data2, "--full", "--decrypt", "--kek", kek, "--state", filepath.Join(dir, "s2.json")); !strings.Contains(out, "verified: 602 entries checked") {
 		t.Errorf("verify of the round-tripped copy:\n%s", out)
 	}
 	back, err := os.ReadFile(filepath.Join(data2, "logs", "credit", "checkpoint"))

@@ -52,11 +52,11 @@ func TestKillMidIngest(t *testing.T) {
 		if round > 0 {
 			srv = killStart(t, bin, data)
 		}
-		k.retry(t, srv)
+		k.retry(t, srv, k.token)
 		stop := make(chan struct{})
 		var wg sync.WaitGroup
 		for w := range 16 {
-			wg.Go(func() { k.write(t, srv, rand.New(rand.NewPCG(seed+uint64(round), uint64(w))), stop) })
+			wg.Go(func() { k.write(t, srv, k.token, rand.New(rand.NewPCG(seed+uint64(round), uint64(w))), stop) })
 		}
 		time.Sleep(time.Duration(50+rng.IntN(350)) * time.Millisecond)
 		srv.kill(t)
@@ -68,7 +68,7 @@ func TestKillMidIngest(t *testing.T) {
 	}
 
 	srv = killStart(t, bin, data)
-	k.retry(t, srv)
+	k.retry(t, srv, k.token)
 	n := k.checkLog(t, srv)
 	srv.term(t)
 	t.Logf("%d rounds: %d events acknowledged, %d retried after a kill (%d of them found already stored), log of %d entries",
@@ -140,10 +140,18 @@ func (l *killLog) String() string {
 // killStart starts the server on a port of its choosing and waits until it says where it listens.
 func killStart(t *testing.T, bin, data string) *killServer {
 	t.Helper()
+	return startCairn(t, bin, nil, "serve", "--data", data, "--listen", "127.0.0.1:0")
+}
+
+// startCairn runs bin with args (a serve command listening on port 0), with env added to the environment,
+// and waits until it says where it listens.
+func startCairn(t *testing.T, bin string, env []string, args ...string) *killServer {
+	t.Helper()
 	addr := make(chan string, 1)
 	s := &killServer{log: &killLog{addr: addr}, exited: make(chan struct{}),
 		client: &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 32}}}
-	s.cmd = exec.Command(bin, "serve", "--data", data, "--listen", "127.0.0.1:0")
+	s.cmd = exec.Command(bin, args...)
+	s.cmd.Env = append(os.Environ(), env...)
 	s.cmd.Stdout, s.cmd.Stderr = s.log, s.log
 	if err := s.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -206,9 +214,10 @@ func (s *killServer) post(token, path string, body []byte) (int, []byte, error) 
 	return s.do("POST", token, path, body)
 }
 
-// killBook records what the server acknowledged and what it never answered.
+// killBook records what the server acknowledged and what it never answered, for one system's log.
 type killBook struct {
-	token    string
+	token    string // the default token: send, write and retry take one per server
+	system   string // default "crash"
 	mu       sync.Mutex
 	acked    map[string]uint64 // event id → acknowledged index
 	inflight [][]byte          // request bodies sent without an answer
@@ -225,9 +234,13 @@ type killReceipts struct {
 }
 
 // send posts one batch; it returns false when the request got no answer (the server is gone).
-func (k *killBook) send(t *testing.T, s *killServer, body []byte, ids []string, retry bool) bool {
+func (k *killBook) send(t *testing.T, s *killServer, token string, body []byte, ids []string, retry bool) bool {
+	sys := k.system
+	if sys == "" {
+		sys = "crash"
+	}
 	for {
-		st, b, err := s.post(k.token, "/v1/systems/crash/events", body)
+		st, b, err := s.post(token, "/v1/systems/"+sys+"/events", body)
 		switch {
 		case err != nil:
 			return false
@@ -272,7 +285,7 @@ func (k *killBook) send(t *testing.T, s *killServer, body []byte, ids []string, 
 }
 
 // write posts batches of 1–50 fresh events until stop, or until the server stops answering.
-func (k *killBook) write(t *testing.T, s *killServer, rng *rand.Rand, stop chan struct{}) {
+func (k *killBook) write(t *testing.T, s *killServer, token string, rng *rand.Rand, stop chan struct{}) {
 	for {
 		select {
 		case <-stop:
@@ -291,7 +304,7 @@ func (k *killBook) write(t *testing.T, s *killServer, rng *rand.Rand, stop chan 
 			fmt.Fprintf(&body, `{"id":%q,"type":"inference","model":{"name":"m","version":"1"},"payload":{"output":%d}}`, ids[i], rng.IntN(1000))
 		}
 		body.WriteByte(']')
-		if !k.send(t, s, body.Bytes(), ids, false) {
+		if !k.send(t, s, token, body.Bytes(), ids, false) {
 			k.mu.Lock()
 			k.inflight = append(k.inflight, body.Bytes())
 			k.mu.Unlock()
@@ -302,7 +315,7 @@ func (k *killBook) write(t *testing.T, s *killServer, rng *rand.Rand, stop chan 
 
 // retry resends every unanswered batch with the same ids: each event must come back as a duplicate with its
 // original index, or be appended now.
-func (k *killBook) retry(t *testing.T, s *killServer) {
+func (k *killBook) retry(t *testing.T, s *killServer, token string) {
 	t.Helper()
 	k.mu.Lock()
 	batches := k.inflight
@@ -319,7 +332,7 @@ func (k *killBook) retry(t *testing.T, s *killServer) {
 		for i, e := range evs {
 			ids[i] = e.ID
 		}
-		if !k.send(t, s, body, ids, true) {
+		if !k.send(t, s, token, body, ids, true) {
 			t.Fatalf("retry after restart got no answer:\n%s", s.log.String())
 		}
 	}

@@ -1,9 +1,9 @@
 package main
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -14,9 +14,12 @@ import (
 
 	"github.com/cairn-ai/cairn/internal/atomicfile"
 	"github.com/cairn-ai/cairn/internal/seal"
+	"github.com/cairn-ai/cairn/internal/store"
+	"github.com/cairn-ai/cairn/internal/store/pg"
 )
 
-const keysUsage = `usage: cairn keys rotate --data DIR [--kek OLD] --new-kek NEW [--keyring DIR]`
+const keysUsage = `usage: cairn keys rotate --data DIR [--kek OLD] --new-kek NEW [--keyring DIR | --store postgres://…]
+       cairn keys copy --from KEYRING-DIR|postgres://… --to KEYRING-DIR|postgres://…`
 
 // cmdKeys administers the keys of a stopped instance.
 func cmdKeys(args []string, stdout, stderr io.Writer) error {
@@ -25,10 +28,83 @@ func cmdKeys(args []string, stdout, stderr io.Writer) error {
 		return keysRotate(args[1:], stdout, stderr)
 	case len(args) > 0 && args[0] == "rotate-signing":
 		return keysRotateSigning(args[1:], stdout, stderr)
+	case len(args) > 0 && args[0] == "copy":
+		return keysCopy(args[1:], stdout, stderr)
 	}
 	fmt.Fprintln(stderr, keysUsage)
 	fmt.Fprintln(stderr, rotateSigningUsage)
 	return errUsage
+}
+
+// keysCopy copies the KEK-wrapped keys from a keyring directory or a PostgreSQL store to another, as they are:
+// nothing is unwrapped, so it needs no KEK. It moves the keys of nodes that shared a keyring directory into
+// their database (and back).
+func keysCopy(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("keys copy", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	from := fs.String("from", "", "source: a keyring directory (e.g. DATA/keys/periods) or postgres://…")
+	to := fs.String("to", "", "destination: a keyring directory or postgres://…")
+	if err := fs.Parse(args); err != nil {
+		return errUsage
+	}
+	if *from == "" || *to == "" || fs.NArg() != 0 {
+		fmt.Fprintln(stderr, keysUsage)
+		return errUsage
+	}
+	ctx := context.Background()
+	open := func(where string, source bool) (seal.KeyStore, func(), error) {
+		if isPostgres(where) {
+			st, err := pg.Open(ctx, where, pg.Options{})
+			if err != nil {
+				return nil, nil, err
+			}
+			return st.Keys(), func() { st.Close() }, nil
+		}
+		if _, err := os.Stat(where); source && err != nil {
+			return nil, nil, fmt.Errorf("keyring: %w", err)
+		}
+		ks, err := seal.NewFileKeyStore(where)
+		return ks, func() {}, err
+	}
+	src, closeSrc, err := open(*from, true)
+	if err != nil {
+		return fmt.Errorf("source: %w", err)
+	}
+	defer closeSrc()
+	dst, closeDst, err := open(*to, false)
+	if err != nil {
+		return fmt.Errorf("destination: %w", err)
+	}
+	defer closeDst()
+	n, err := seal.CopyKeys(ctx, src, dst)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "copied %d key(s), still wrapped by the key-encryption key\n", n)
+	return nil
+}
+
+// checkKeysMoved refuses to serve a database that holds events but no keys: its keys are still in a keyring
+// directory (nodes before keys moved into the database shared one). Serving it would make new instance secrets
+// (other pseudonyms, other idempotency digests) and leave the earlier payloads unopenable.
+func checkKeysMoved(ctx context.Context, st store.Store, ks *pg.KeyStore) error {
+	if empty, err := ks.Empty(ctx); err != nil || !empty {
+		return err
+	}
+	names, err := st.Logs(ctx)
+	if err != nil {
+		return err
+	}
+	for _, name := range names {
+		lg, err := st.Open(ctx, name)
+		if err != nil {
+			return err
+		}
+		if lg.Size() > 0 {
+			return fmt.Errorf("the database holds events but no keys: they are in a keyring directory; copy them in with 'cairn keys copy --from DIR --to postgres://…' (DIR as --keyring was, e.g. DATA/keys/periods), or start with --keyring DIR")
+		}
+	}
+	return nil
 }
 
 // keysRotate makes a new key-encryption key and re-wraps every key of the keyring under it. Leaves, envelopes
@@ -41,6 +117,7 @@ func keysRotate(args []string, stdout, stderr io.Writer) error {
 	kekPath := fs.String("kek", "", "current key-encryption key file (env CAIRN_KEK_FILE; default DATA/keys/kek)")
 	newKEK := fs.String("new-kek", "", "file to create the new key-encryption key in (must not exist, unless completing an interrupted rotation)")
 	keyringDir := fs.String("keyring", os.Getenv("CAIRN_KEYRING"), "directory of the KEK-wrapped keys (env CAIRN_KEYRING; default DATA/keys/periods)")
+	storeURL := fs.String("store", os.Getenv("CAIRN_STORE"), "rotate the keys kept in this PostgreSQL store (postgres://…; env CAIRN_STORE) instead of a keyring directory; stop every node first")
 	if err := fs.Parse(args); err != nil {
 		return errUsage
 	}
@@ -61,12 +138,30 @@ func keysRotate(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer unlock()
-	kr := p.keyring()
-	if *keyringDir != "" {
-		kr = *keyringDir
-	}
-	if _, err := os.Stat(kr); err != nil {
-		return fmt.Errorf("keyring: %w", err)
+	var (
+		ks    seal.KeyStore
+		where string
+	)
+	switch {
+	case *storeURL != "" && *keyringDir == "":
+		st, err := pg.Open(context.Background(), *storeURL, pg.Options{})
+		if err != nil {
+			return err
+		}
+		defer st.Close()
+		ks, where = st.Keys(), "the database"
+	default:
+		kr := p.keyring()
+		if *keyringDir != "" {
+			kr = *keyringDir
+		}
+		if _, err := os.Stat(kr); err != nil {
+			return fmt.Errorf("keyring: %w", err)
+		}
+		if ks, err = seal.NewFileKeyStore(kr); err != nil {
+			return err
+		}
+		where = kr
 	}
 	oldAbs, _ := filepath.Abs(p.kek)
 	newAbs, _ := filepath.Abs(*newKEK)
@@ -77,13 +172,14 @@ func keysRotate(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	next, key, err := loadNewKEK(*newKEK, kr)
+	ctx := context.Background()
+	next, key, err := loadNewKEK(ctx, *newKEK, ks)
 	if err != nil {
 		return err
 	}
 	defer clear(key)
 	// Check that the old KEK opens every key before making anything, so a wrong --kek leaves no trace.
-	if err := seal.CheckRewrap(kr, old, next); err != nil {
+	if err := seal.CheckRewrapStore(ctx, ks, old, next); err != nil {
 		return err
 	}
 	if key != nil {
@@ -95,11 +191,11 @@ func keysRotate(args []string, stdout, stderr io.Writer) error {
 	} else {
 		fmt.Fprintf(stdout, "completing the rotation to %s (%s)\n", *newKEK, next.ID())
 	}
-	n, err := seal.RewrapKeyring(kr, old, next)
+	n, err := seal.RewrapStore(ctx, ks, old, next)
 	if err != nil {
 		return fmt.Errorf("%w (nothing is lost: run the same command again to finish; both KEK files are still needed)", err)
 	}
-	fmt.Fprintf(stdout, "rewrapped %d key(s) from %s to %s in %s\n", n, old.ID(), next.ID(), kr)
+	fmt.Fprintf(stdout, "rewrapped %d key(s) from %s to %s in %s\n", n, old.ID(), next.ID(), where)
 	if n > 0 || key != nil {
 		if err := queueAdmin(p, cliActor(), map[string]any{"action": "kek_rotated", "kek_id": next.ID(), "count": n}); err != nil {
 			return err
@@ -113,13 +209,15 @@ func keysRotate(args []string, stdout, stderr io.Writer) error {
 // loadNewKEK returns the new KEK: a fresh one (with its key, to be written to path) when path does not exist, or
 // the one in path when it is the new KEK of an interrupted rotation (some key of the keyring is already wrapped
 // by it). Any other existing file is refused: a KEK file is never overwritten.
-func loadNewKEK(path, keyring string) (seal.KEK, []byte, error) {
+func loadNewKEK(ctx context.Context, path string, ks seal.KeyStore) (seal.KEK, []byte, error) {
 	if _, err := os.Lstat(path); err == nil {
 		k, _, err := seal.LoadKEK(path, false)
 		if err != nil {
 			return nil, nil, fmt.Errorf("%s exists and is not a key-encryption key; refusing to overwrite it", path)
 		}
-		if !wrapsAny(keyring, k.ID()) {
+		if ok, err := seal.WrapsAny(ctx, ks, k.ID()); err != nil {
+			return nil, nil, err
+		} else if !ok {
 			return nil, nil, fmt.Errorf("%s already exists; refusing to overwrite it (if an earlier rotation stopped before rewrapping any key, remove it and run again)", path)
 		}
 		return k, nil, nil
@@ -152,23 +250,4 @@ func writeKEKFile(path string, key []byte) error {
 		return fmt.Errorf("create key-encryption key: %w", err)
 	}
 	return atomicfile.SyncDir(dir)
-}
-
-// wrapsAny reports whether some key file of the keyring names the KEK id.
-func wrapsAny(keyring, id string) bool {
-	found := false
-	filepath.WalkDir(keyring, func(p string, d fs.DirEntry, err error) error {
-		if err != nil || found || d.IsDir() || filepath.Ext(p) != ".key" {
-			return nil
-		}
-		var f struct {
-			KEK string `json:"kek"`
-		}
-		if b, err := os.ReadFile(p); err == nil && json.Unmarshal(b, &f) == nil && f.KEK == id {
-			found = true
-			return filepath.SkipAll
-		}
-		return nil
-	})
-	return found
 }

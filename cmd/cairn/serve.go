@@ -51,7 +51,7 @@ func cmdServe(args []string, stdout, stderr io.Writer) error {
 	tlsKey := fs.String("tls-key", "", "TLS private key file (PEM)")
 	clientCA := fs.String("client-ca", "", "require client certificates signed by this CA (PEM): mutual TLS")
 	insecure := fs.Bool("insecure", false, "allow plaintext HTTP on a non-loopback address")
-	keyringDir := fs.String("keyring", os.Getenv("CAIRN_KEYRING"), "directory of the KEK-wrapped period keys (env CAIRN_KEYRING; default DATA/keys/periods); nodes sharing a PostgreSQL store must share it")
+	keyringDir := fs.String("keyring", os.Getenv("CAIRN_KEYRING"), "directory of the KEK-wrapped period keys (env CAIRN_KEYRING; default DATA/keys/periods, or the database with --store)")
 	oidcFile := fs.String("oidc", os.Getenv("CAIRN_OIDC"), "accept JWTs from an OpenID Connect provider, configured in this file (YAML or JSON: issuer, audience, groups → roles; env CAIRN_OIDC)")
 	vaultKey := fs.String("vault-key", "", "token vault key file (env CAIRN_VAULT_KEY_FILE; default DATA/keys/vault.key); keep it apart from the KEK")
 	vaultStore := fs.String("vault-store", os.Getenv("CAIRN_VAULT_STORE"), "keep the token vault in PostgreSQL (postgres://… with the vault's own credentials and schema as search_path; env CAIRN_VAULT_STORE) instead of DATA/vault; needed for vault policies on a PostgreSQL store")
@@ -128,25 +128,40 @@ func cmdServe(args []string, stdout, stderr io.Writer) error {
 	if skNew || kekNew {
 		fmt.Fprintln(stdout, "in production keep the signing key and the KEK outside the data directory (--signing-key, --kek)")
 	}
-	kr := p.keyring()
-	if *keyringDir != "" {
-		kr = *keyringDir
-	}
-	keys, err := seal.OpenKeyring(kr, kek)
-	if err != nil {
-		return err
-	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	var st store.Store
+	defer stop()
+	var (
+		st store.Store
+		ks seal.KeyStore
+	)
 	if *storeURL != "" {
-		st, err = pg.Open(ctx, *storeURL, pg.Options{Logger: logger})
+		var ps *pg.Store
+		ps, err = pg.Open(ctx, *storeURL, pg.Options{Logger: logger})
+		// Nodes over one database share its keyring (wrapped by the KEK they share), unless --keyring says otherwise.
+		st, ks = ps, ps.Keys()
 	} else {
 		st, err = local.Open(p.data, local.Options{Logger: logger})
 	}
 	if err != nil {
 		return err
 	}
-	defer stop()
+	if *keyringDir != "" || ks == nil {
+		kr := p.keyring()
+		if *keyringDir != "" {
+			kr = *keyringDir
+		}
+		if ks, err = seal.NewFileKeyStore(kr); err != nil {
+			st.Close()
+			return err
+		}
+	}
+	if ps, ok := ks.(*pg.KeyStore); ok {
+		if err := checkKeysMoved(ctx, st, ps); err != nil {
+			st.Close()
+			return err
+		}
+	}
+	keys := seal.NewKeyring(ks, kek)
 	// The token vault: a file of the data directory, or — for nodes sharing a PostgreSQL store, which must share
 	// one vault — a PostgreSQL schema of its own. Nodes over PostgreSQL without --vault-store run without a vault,
 	// and refuse vault policies.

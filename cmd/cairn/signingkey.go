@@ -95,7 +95,7 @@ func keysRotateSigning(args []string, stdout, stderr io.Writer) error {
 	signingKey := fs.String("signing-key", "", "current signing key file (env CAIRN_SIGNING_KEY_FILE; default DATA/keys/signing.key)")
 	newKeyPath := fs.String("new-signing-key", "", "file to create the new signing key in (must not exist)")
 	kekPath := fs.String("kek", "", "key-encryption key file (env CAIRN_KEK_FILE; default DATA/keys/kek)")
-	keyringDir := fs.String("keyring", os.Getenv("CAIRN_KEYRING"), "directory of the KEK-wrapped keys (default DATA/keys/periods)")
+	keyringDir := fs.String("keyring", os.Getenv("CAIRN_KEYRING"), "directory of the KEK-wrapped keys (default DATA/keys/periods, or the database with --store)")
 	storeURL := fs.String("store", os.Getenv("CAIRN_STORE"), "the PostgreSQL store, when the logs are there (every node stopped)")
 	if err := fs.Parse(args); err != nil {
 		return errUsage
@@ -124,14 +124,6 @@ func keysRotateSigning(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	kr := p.keyring()
-	if *keyringDir != "" {
-		kr = *keyringDir
-	}
-	keys, err := seal.OpenKeyring(kr, kek)
-	if err != nil {
-		return err
-	}
 	ctx := context.Background()
 	if *storeURL == "" {
 		unlock, err := lockData(abs)
@@ -150,6 +142,20 @@ func keysRotateSigning(args []string, stdout, stderr io.Writer) error {
 	st, err := open()
 	if err != nil {
 		return err
+	}
+	// The keys the server uses: the database's with a PostgreSQL store, unless --keyring says otherwise.
+	var keys *seal.Keyring
+	if ps, ok := st.(*pg.Store); ok && *keyringDir == "" {
+		keys = seal.NewKeyring(ps.Keys(), kek)
+	} else {
+		kr := p.keyring()
+		if *keyringDir != "" {
+			kr = *keyringDir
+		}
+		if keys, err = seal.OpenKeyring(kr, kek); err != nil {
+			st.Close()
+			return err
+		}
 	}
 	// The new key exists, durably, before anything names it.
 	if err := os.MkdirAll(filepath.Dir(*newKeyPath), 0o700); err != nil {

@@ -38,7 +38,8 @@ func cmdVerify(args []string, stdout, stderr io.Writer) error {
 	entries := fs.Bool("entries", false, "with --url: also fetch every entry bundle and check each leaf against the tree (needs CAIRN_TOKEN)")
 	jsonOut := fs.Bool("json", false, "print the report as JSON")
 	decrypt := fs.Bool("decrypt", false, "with --data: also open every sealed payload with the keys (--kek) — the operator's check")
-	kekPath := fs.String("kek", "", "with --decrypt: key-encryption key file (env CAIRN_KEK_FILE; default DATA/keys/kek)")
+	keyringDir := fs.String("keyring", os.Getenv("CAIRN_KEYRING"), "with --decrypt: directory of the KEK-wrapped period keys (env CAIRN_KEYRING; default DATA/keys/periods, or the database with --store)")
+	kekPath := fs.String("kek", "", "with --decrypt: key-encryption key file (env CAIRN_KEK_FILE; default DATA/keys/kek); with --store the period keys are the database's")
 	if err := fs.Parse(args); err != nil {
 		return errUsage
 	}
@@ -49,7 +50,7 @@ func cmdVerify(args []string, stdout, stderr io.Writer) error {
 		}
 		return verifyRemote(*url, *sys, *vkey, *stateFile, *entries, stdout)
 	case *data != "":
-		return verifyData(*data, *storeURL, *full, *stateFile, *pubFile, *jsonOut, *decrypt, *kekPath, stdout)
+		return verifyData(*data, *storeURL, *full, *stateFile, *pubFile, *jsonOut, *decrypt, *kekPath, *keyringDir, stdout)
 	default:
 		fmt.Fprintln(stderr, "usage: cairn verify --data DIR [--full] | --url URL --system S --vkey KEY")
 		return errUsage
@@ -66,7 +67,7 @@ func defaultState(kind, key string) string {
 	return filepath.Join(dir, "cairn", "verify", kind+"-"+hex.EncodeToString(h[:8])+".json")
 }
 
-func verifyData(data, storeURL string, full bool, stateFile, pubFile string, jsonOut, decrypt bool, kekPath string, stdout io.Writer) error {
+func verifyData(data, storeURL string, full bool, stateFile, pubFile string, jsonOut, decrypt bool, kekPath, keyringDir string, stdout io.Writer) error {
 	abs, err := filepath.Abs(data)
 	if err != nil {
 		return err
@@ -121,9 +122,17 @@ func verifyData(data, storeURL string, full bool, stateFile, pubFile string, jso
 		if err != nil {
 			return err
 		}
-		keys, err := seal.OpenKeyring(kp.keyring(), kek)
-		if err != nil {
-			return err
+		var keys *seal.Keyring
+		if ps, ok := st.(*pg.Store); ok && keyringDir == "" {
+			keys = seal.NewKeyring(ps.Keys(), kek) // the database's keyring, as its nodes use it
+		} else {
+			dir := kp.keyring()
+			if keyringDir != "" {
+				dir = keyringDir
+			}
+			if keys, err = seal.OpenKeyring(dir, kek); err != nil {
+				return err
+			}
 		}
 		opts.Open = func(system string, e *store.Entry) error {
 			_, err := ledger.OpenSealed(keys, e)

@@ -1,11 +1,15 @@
 package bench
 
 import (
+	"bytes"
 	"context"
+	"os"
+	"slices"
 	"testing"
 	"time"
 
 	"github.com/cairn-ai/cairn/internal/event"
+	"github.com/cairn-ai/cairn/internal/store/pg/pgtest"
 )
 
 func TestEvents(t *testing.T) {
@@ -90,3 +94,49 @@ func TestRun(t *testing.T) {
 type testWriter []byte
 
 func (w *testWriter) Write(p []byte) (int, error) { *w = append(*w, p...); return len(p), nil }
+
+// TestRunScale runs the scale-out scenarios briefly: the embedded store always; PostgreSQL with one and three
+// nodes when CAIRN_TEST_PG is set (under CI it must be). Every (node, system) pair gets load, and the database
+// figures are reported.
+func TestRunScale(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs servers for a few seconds")
+	}
+	o := Defaults
+	o.Dir = t.TempDir()
+	o.Runs = 1
+	o.Warmup, o.Duration = 100*time.Millisecond, 400*time.Millisecond
+	o.Scenarios = []string{"scale"}
+	o.ScaleNodes, o.ScaleSystems, o.ScaleClients, o.ScaleBatch = []int{1, 3}, []int{1, 3}, 3, 20
+	want := 2 // embedded: 1 node × {1, 3} systems
+	if os.Getenv("CAIRN_TEST_PG") != "" || os.Getenv("CI") != "" {
+		o.ScalePG = pgtest.URL(t)
+		want += 2 + 3 // PostgreSQL: 1 node × {1, 3}; 3 nodes × 1 system; 3 nodes × 3 systems, with and without routing
+	}
+	r, err := Run(context.Background(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(r.Scale) != want || len(r.Append)+len(r.HTTP) != 0 || r.Proofs != nil {
+		t.Fatalf("report has %d scale scenarios (want %d) and others: %+v", len(r.Scale), want, r)
+	}
+	for _, s := range r.Scale {
+		m := s.Median
+		if m.Load.Events == 0 || m.Load.Request.N == 0 || m.ServerCPU.TotalUs <= 0 {
+			t.Errorf("%s: %+v", s.Name, m)
+		}
+		if m.Systems > 1 {
+			if len(m.Load.PerSystem) != m.Systems || slices.Contains(m.Load.PerSystem, 0) {
+				t.Errorf("%s: per-system rates %v", s.Name, m.Load.PerSystem)
+			}
+		}
+		if m.Store == "postgres" && (m.DatabaseCPU == nil || m.DatabaseBytes < 1000 || m.WALBytes <= 0) {
+			t.Errorf("%s: database figures missing: %+v", s.Name, m)
+		}
+	}
+	var out testWriter
+	WriteTable(&out, r)
+	if !bytes.Contains(out, []byte("scale-out")) {
+		t.Errorf("table lacks the scale-out section:\n%s", out)
+	}
+}

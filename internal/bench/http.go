@@ -124,9 +124,15 @@ func (s *Server) Close() {
 }
 
 // LoadConfig is an HTTP load: Clients concurrent clients, each POSTing requests of Batch events and waiting for
-// the answer before sending the next.
+// the answer before sending the next. With URLs and Systems, client c sends to node URLs[c mod len(URLs)] for
+// system Systems[(c / len(URLs)) mod len(Systems)], so that every (node, system) pair gets clients; with
+// Affinity, client c sends for system Systems[c mod len(Systems)] to the node of that system, URLs[system mod
+// len(URLs)], as a load balancer routing by system would.
 type LoadConfig struct {
 	URL      string        `json:"url"`
+	URLs     []string      `json:"urls,omitempty"`    // several nodes (overrides URL)
+	Systems  []string      `json:"systems,omitempty"` // several systems (default: System)
+	Affinity bool          `json:"affinity,omitempty"`
 	Token    string        `json:"token"`
 	Clients  int           `json:"clients"`
 	Batch    int           `json:"batch"`
@@ -149,6 +155,8 @@ type LoadResult struct {
 	Busy         int64   `json:"busy_503"`
 	// ClientCPU is the load generator's own CPU per event (only when it runs in its own process).
 	ClientCPU *CPU `json:"client_cpu_per_event,omitempty"`
+	// PerSystem is each system's events/s, in the order of LoadConfig.Systems (absent for one system).
+	PerSystem []float64 `json:"per_system_events_per_s,omitempty"`
 }
 
 // RunLoad drives an HTTP load against cfg.URL. Bodies are JSON arrays (NDJSON of one event for Batch 1).
@@ -156,7 +164,14 @@ func RunLoad(ctx context.Context, cfg LoadConfig) (LoadResult, error) {
 	tr := &http.Transport{MaxIdleConns: cfg.Clients, MaxIdleConnsPerHost: cfg.Clients, DisableCompression: true}
 	defer tr.CloseIdleConnections()
 	hc := &http.Client{Transport: tr, Timeout: 120 * time.Second}
-	url := cfg.URL + "/v1/systems/" + System + "/events"
+	urls, systems := cfg.URLs, cfg.Systems
+	if len(urls) == 0 {
+		urls = []string{cfg.URL}
+	}
+	if len(systems) == 0 {
+		systems = []string{System}
+	}
+	perSys := make([]atomic.Int64, len(systems))
 	var (
 		measuring               atomic.Bool
 		stop                    atomic.Bool
@@ -168,11 +183,21 @@ func RunLoad(ctx context.Context, cfg LoadConfig) (LoadResult, error) {
 	)
 	lats := make([][]time.Duration, cfg.Clients)
 	for c := range cfg.Clients {
+		si, node := (c/len(urls))%len(systems), c%len(urls)
+		if cfg.Affinity {
+			si = c % len(systems)
+			node = si % len(urls)
+		}
+		url := urls[node] + "/v1/systems/" + systems[si] + "/events"
 		wg.Go(func() {
 			var buf []byte
 			var mine []time.Duration
+			var first time.Time // when a request answered 503 was first sent: its latency runs until it succeeds
 			for !stop.Load() && ctx.Err() == nil {
 				t0 := time.Now()
+				if first.IsZero() {
+					first = t0
+				}
 				var n int
 				base := seq.Add(uint64(cfg.Batch))
 				if cfg.Batch == 1 {
@@ -199,6 +224,8 @@ func RunLoad(ctx context.Context, cfg LoadConfig) (LoadResult, error) {
 					time.Sleep(5 * time.Millisecond)
 					continue
 				}
+				sent := first
+				first = time.Time{}
 				if err != nil || resp.StatusCode != http.StatusOK {
 					firstErr.CompareAndSwap(nil, fmt.Errorf("ingest answered %d: %.300s", resp.StatusCode, rb))
 					stop.Store(true)
@@ -210,9 +237,10 @@ func RunLoad(ctx context.Context, cfg LoadConfig) (LoadResult, error) {
 					return
 				}
 				if measuring.Load() {
-					mine = append(mine, time.Since(t0))
+					mine = append(mine, time.Since(sent))
 					reqs.Add(1)
 					evs.Add(int64(cfg.Batch))
+					perSys[si].Add(int64(cfg.Batch))
 					cbytes.Add(int64(n))
 					body.Add(int64(len(buf)))
 				}
@@ -238,11 +266,17 @@ func RunLoad(ctx context.Context, cfg LoadConfig) (LoadResult, error) {
 	for _, l := range lats {
 		all = append(all, l...)
 	}
-	return LoadResult{
+	res := LoadResult{
 		Clients: cfg.Clients, Batch: cfg.Batch, Requests: reqs.Load(), Events: n, Seconds: el.Seconds(),
 		EventsPerSec: float64(n) / el.Seconds(), Request: Summarize(all), ClientBytes: cbytes.Load(),
 		BodyBytes: body.Load(), Busy: busy.Load(), ClientCPU: &ccpu,
-	}, ctx.Err()
+	}
+	if len(systems) > 1 {
+		for i := range perSys {
+			res.PerSystem = append(res.PerSystem, float64(perSys[i].Load())/el.Seconds())
+		}
+	}
+	return res, ctx.Err()
 }
 
 func sleepCtx(ctx context.Context, d time.Duration) {

@@ -3,6 +3,7 @@ package bench
 import (
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"text/tabwriter"
 )
@@ -39,7 +40,29 @@ func WriteTable(w io.Writer, r *Report) {
 		}
 		fmt.Fprintln(tw, "\t\t\t\t\t\t\t\t\t")
 	}
+	if len(r.Scale) > 0 {
+		fmt.Fprintln(tw, "scale-out (batched HTTP; nodes in one process)\tevents/s\truns\treq p50\treq p99\t503s\tlost races\tserver CPU/event\tPostgreSQL CPU/event\tper system (min–max)\t")
+		for _, s := range r.Scale {
+			m := s.Median
+			db, per := "—", "—"
+			if m.DatabaseCPU != nil {
+				db = fmt.Sprintf("%.1f µs", m.DatabaseCPU.TotalUs)
+			}
+			if ps := m.Load.PerSystem; len(ps) > 0 {
+				per = num(slices.Min(ps)) + "–" + num(slices.Max(ps))
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%.2f ms\t%.2f ms\t%d\t%d\t%.1f µs\t%s\t%s\t\n", s.Name, num(m.Load.EventsPerSec),
+				runsOf(s.Runs, func(x ScaleResult) float64 { return x.Load.EventsPerSec }), m.Load.Request.P50, m.Load.Request.P99,
+				m.Load.Busy, m.LostRaces, m.ServerCPU.TotalUs, db, per)
+		}
+		fmt.Fprintln(tw, "\t\t\t\t\t\t\t\t\t")
+	}
 	tw.Flush()
+	for _, s := range r.Scale {
+		if m := s.Median; m.DatabaseBytes > 0 {
+			fmt.Fprintf(w, "%s: database %.0f bytes/event (tables and indexes), WAL %.0f bytes/event (whole server)\n", s.Name, m.DatabaseBytes, m.WALBytes)
+		}
+	}
 	for _, s := range r.HTTP {
 		h := s.Median
 		if h.Load.ClientCPU != nil && !h.SharedProcess {

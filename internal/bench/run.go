@@ -20,7 +20,7 @@ type Options struct {
 	Runs      int           // runs of each throughput scenario; the median by events/s is reported
 	Warmup    time.Duration // per scenario, before measuring
 	Duration  time.Duration // measured window per scenario
-	Scenarios []string      // any of "append", "batched", "http", "single", "proofs"; empty: all
+	Scenarios []string      // any of "append", "batched", "http", "single", "proofs", "scale"; empty: all but scale
 
 	Writers       []int // in-process writers, one event per call
 	BatchWriters  int   // in-process batched appends: writers ...
@@ -28,6 +28,16 @@ type Options struct {
 	HTTPClients   int   // batched HTTP: clients ...
 	HTTPBatch     int   // ... × events per request
 	SingleClients int   // single-event HTTP requests: clients
+
+	// Scale-out scenarios ("scale"): batched HTTP over ScaleClients × ScaleBatch, for each store (the embedded
+	// one, and PostgreSQL at ScalePG when set), each node count (ScaleNodes; PostgreSQL only beyond 1) and each
+	// system count (ScaleSystems).
+	ScalePG      string
+	ScaleNodes   []int
+	ScaleSystems []int
+	ScaleClients int
+	ScaleBatch   int
+	ScaleConns   int32 // each node's PostgreSQL connection pool (0: the store's default)
 
 	ProofLeaves      uint64
 	ProofQueries     int
@@ -45,6 +55,7 @@ var Defaults = Options{
 	Writers: []int{1, 64, 1024}, BatchWriters: 64, BatchEvents: 100,
 	HTTPClients: 4, HTTPBatch: 1000, SingleClients: 64,
 	ProofLeaves: 1 << 20, ProofQueries: 10000, HTTPProofQueries: 2000,
+	ScaleNodes: []int{1, 3}, ScaleSystems: []int{1, 3}, ScaleClients: 4, ScaleBatch: 1000,
 }
 
 // Machine describes where and when a report was measured.
@@ -82,10 +93,18 @@ type Report struct {
 	HTTP      []HTTPScenario   `json:"http,omitempty"`
 	Disk      *DiskUsage       `json:"disk,omitempty"`
 	Proofs    *ProofResult     `json:"proofs,omitempty"`
+	Scale     []ScaleScenario  `json:"scale,omitempty"`
+}
+
+// ScaleScenario is one scale-out scenario over its runs.
+type ScaleScenario struct {
+	Name   string        `json:"name"`
+	Runs   []ScaleResult `json:"runs"`
+	Median ScaleResult   `json:"median"`
 }
 
 func (o *Options) want(s string) bool {
-	return len(o.Scenarios) == 0 || slices.Contains(o.Scenarios, s)
+	return (len(o.Scenarios) == 0 && s != "scale") || slices.Contains(o.Scenarios, s)
 }
 
 func (o *Options) progress(format string, args ...any) {
@@ -216,8 +235,86 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 			return r, fmt.Errorf("proofs: %w", err)
 		}
 	}
+	if o.want("scale") {
+		if err := runScale(ctx, o, r); err != nil {
+			return r, err
+		}
+	}
 	r.Machine.LoadAfter = loadavg()
 	return r, nil
+}
+
+// runScale runs the scale-out scenarios: the embedded store with one node, then PostgreSQL (when o.ScalePG is
+// set) with each node count, each for each system count.
+func runScale(ctx context.Context, o Options, r *Report) error {
+	type scaleCase struct {
+		pg             string
+		nodes, systems int
+		affinity       bool
+	}
+	var cases []scaleCase
+	stores := []string{""}
+	if o.ScalePG != "" {
+		stores = append(stores, o.ScalePG)
+	}
+	for _, pgURL := range stores {
+		for _, n := range o.ScaleNodes {
+			if pgURL == "" && n > 1 {
+				continue
+			}
+			for _, sys := range o.ScaleSystems {
+				cases = append(cases, scaleCase{pgURL, n, sys, false})
+				if n > 1 && sys >= n {
+					cases = append(cases, scaleCase{pgURL, n, sys, true})
+				}
+			}
+		}
+	}
+	r.Options["scale"] = fmt.Sprintf("%dx%d", o.ScaleClients, o.ScaleBatch)
+	r.Options["scale_pg_conns"] = o.ScaleConns
+	for _, c := range cases {
+		// At least one client per (node, system) pair, and as many for each.
+		pairs := c.nodes * c.systems
+		clients := (max(o.ScaleClients, pairs) + pairs - 1) / pairs * pairs
+		store := "embedded"
+		if c.pg != "" {
+			store = "PostgreSQL"
+		}
+		routing := ""
+		if c.nodes > 1 {
+			routing = ", every node writes every system"
+			if c.affinity {
+				routing = ", each system routed to one node"
+			}
+		}
+		name := fmt.Sprintf("%s, %d node(s), %d system(s)%s, %d clients × %d events/request", store, c.nodes, c.systems, routing, clients, o.ScaleBatch)
+		sc := ScaleScenario{Name: name}
+		for run := range o.Runs {
+			dir, err := os.MkdirTemp(o.Dir, "cairn-bench-*")
+			if err != nil {
+				return err
+			}
+			res, err := RunScale(ctx, dir, ScaleConfig{PG: c.pg, Nodes: c.nodes, Systems: c.systems, Affinity: c.affinity, MaxConns: o.ScaleConns, Spawn: o.Spawn,
+				Load: LoadConfig{Clients: clients, Batch: o.ScaleBatch, Warmup: o.Warmup, Duration: o.Duration, NoIDs: o.NoIDs}})
+			if !o.Keep {
+				os.RemoveAll(dir)
+			}
+			if err != nil {
+				return fmt.Errorf("%s: %w", name, err)
+			}
+			l := res.Load
+			db := ""
+			if res.DatabaseCPU != nil {
+				db = fmt.Sprintf(", PostgreSQL CPU %.1f µs/event", res.DatabaseCPU.TotalUs)
+			}
+			o.progress("%s, run %d: %.0f events/s, request p50 %.2f ms p99 %.2f ms, 503s %d, lost races %d, server CPU %.1f µs/event%s",
+				name, run+1, l.EventsPerSec, l.Request.P50, l.Request.P99, l.Busy, res.LostRaces, res.ServerCPU.TotalUs, db)
+			sc.Runs = append(sc.Runs, res)
+		}
+		sc.Median = Median(sc.Runs, func(s ScaleResult) float64 { return s.Load.EventsPerSec })
+		r.Scale = append(r.Scale, sc)
+	}
+	return nil
 }
 
 // withEnv runs fn in a fresh installation under o.Dir and removes it afterwards (unless o.Keep).

@@ -97,6 +97,7 @@ type request struct {
 	res   []Receipt
 	err   error
 	done  chan struct{}
+	lost  int // races lost with other nodes so far (see requeue)
 }
 
 type dedupEntry struct {
@@ -117,6 +118,13 @@ type Log struct {
 	done    chan struct{}
 
 	commitQ chan *built // sequencer → committer
+
+	// Requests whose batch lost a race with another node, handed back by the committer to be sequenced again
+	// ahead of the queue (their prepared events are reused). requeueWake is signalled when requeued grows.
+	requeueMu   sync.Mutex
+	requeued    []*request
+	requeueWake chan struct{}
+	lostRaces   atomic.Int64
 
 	// sequencer state (runs ahead of what is durable)
 	next         uint64 // index of the next entry to build
@@ -165,8 +173,10 @@ func newLog(ctx context.Context, l *Ledger, name string, sl store.Log) (*Log, er
 		signer:  newNoteSigner(l.Origin(name), l.signKey),
 		queue:   make(chan *request, 1024),
 		commitQ: make(chan *built, 1),
-		pkCache: map[string]cachedKey{},
-		quit:    make(chan struct{}), done: make(chan struct{}),
+
+		requeueWake: make(chan struct{}, 1),
+		pkCache:     map[string]cachedKey{},
+		quit:        make(chan struct{}), done: make(chan struct{}),
 		dedup:  map[event.UUID]dedupEntry{},
 		cpWake: make(chan struct{}, 1), cpDone: make(chan struct{}),
 		followWake: make(chan struct{}, 1),
@@ -522,14 +532,20 @@ func (lg *Log) sequence() {
 	defer close(lg.commitQ)
 	var reqs []*request
 	for {
-		reqs = reqs[:0]
+		reqs = lg.takeRequeued(reqs[:0])
+		if len(reqs) > 0 {
+			lg.commitQ <- lg.build(slices.Clone(reqs))
+			continue
+		}
 		select {
+		case <-lg.requeueWake:
+			continue
 		case r := <-lg.queue:
 			reqs = append(reqs, r)
 		case <-lg.quit:
 			// Nothing can be enqueued any more (see Append): build what is queued, then stop.
 			for {
-				var rest []*request
+				rest := lg.takeRequeued(nil)
 				n := 0
 			more:
 				for n < lg.l.cfg.MaxBatch {
@@ -671,6 +687,13 @@ func (lg *Log) build(reqs []*request) *built {
 		buf = append(buf, p.tail...)
 		e.Envelope = buf[at:len(buf):len(buf)]
 		h := p.digest
+		if h == nil {
+			// Sequenced before, in a batch that lost a race: Prepare's digest state was used up then.
+			h = sha256.New()
+			h.Write(p.salt[:])
+			h.Write(p.head)
+		}
+		p.digest = nil
 		h.Write(buf[at+len(p.head) : mid])
 		h.Write(p.tail)
 		h.Sum(e.Digest[:0])
@@ -693,9 +716,48 @@ func (lg *Log) build(reqs []*request) *built {
 	return b
 }
 
-// errStaleRetry answers requests whose batch lost a race with another node: they were not stored and can be
-// retried at once.
+// errStaleRetry answers requests whose batch lost a race with another node maxLost times: they were not stored
+// and can be retried at once.
 var errStaleRetry = fmt.Errorf("%w: another node appended to this log first; retry", ErrBusy)
+
+// maxLost is how many races with other nodes a request may lose before it is answered errStaleRetry; until
+// then the committer hands it back to the sequencer, which builds it again on the caught-up log, reusing its
+// prepared events (parsing, pseudonymisation and sealing are not redone, and the client does not resend).
+const maxLost = 8
+
+// requeue hands the requests of a batch that lost a race back to the sequencer and returns those that lost
+// too often (to be answered errStaleRetry). Nothing of them is stored: the batch failed as a whole.
+func (lg *Log) requeue(reqs []*request) (failed []*request) {
+	lg.lostRaces.Add(1)
+	lg.requeueMu.Lock()
+	for _, r := range reqs {
+		if r.lost++; r.lost >= maxLost {
+			failed = append(failed, r)
+			continue
+		}
+		r.err, r.res = nil, nil
+		lg.requeued = append(lg.requeued, r)
+	}
+	lg.requeueMu.Unlock()
+	select {
+	case lg.requeueWake <- struct{}{}:
+	default:
+	}
+	return failed
+}
+
+// LostRaces is how many batches of this log lost a race with another node (and were sequenced again).
+func (lg *Log) LostRaces() int64 { return lg.lostRaces.Load() }
+
+// takeRequeued appends the requeued requests to reqs and empties the requeue list.
+func (lg *Log) takeRequeued(reqs []*request) []*request {
+	lg.requeueMu.Lock()
+	defer lg.requeueMu.Unlock()
+	reqs = append(reqs, lg.requeued...)
+	clear(lg.requeued)
+	lg.requeued = lg.requeued[:0]
+	return reqs
+}
 
 // catchUp brings the sequencer's state up to the store when the store holds entries this process did not
 // build (another node appended), or after a batch lost such a race. It waits until nothing is in flight.
@@ -733,7 +795,11 @@ func (lg *Log) catchUp() {
 			}
 		}
 		sys, sysChanged := uint64(0), false
-		err := lg.store.Entries(ctx, durable, n, func(e *store.Entry) error {
+		read := lg.store.Entries
+		if lr, ok := lg.store.(store.LeafReader); ok {
+			read = lr.Leaves // the leaf fields are all catching up needs
+		}
+		err := read(ctx, durable, n, func(e *store.Entry) error {
 			if e.ContentKey != ([16]byte{}) {
 				lg.remember(e.ID, dedupEntry{index: e.Index, key: e.ContentKey})
 			}
@@ -778,21 +844,22 @@ func (lg *Log) commit() {
 	ctx := context.Background()
 	for b := range lg.commitQ {
 		var err error
+		lost := false // nothing of the batch is stored and its requests can be sequenced again
 		if p := lg.broken.Load(); p != nil {
 			err = fmt.Errorf("log is stopped after an earlier failure: %w", *p)
 		} else if b.epoch < lg.staleEpoch.Load() {
-			err = errStaleRetry // built on a batch that lost a race with another node
+			err, lost = errStaleRetry, true // built on a batch that lost a race with another node
 		} else if b.err != nil {
 			// Nothing of it was written; make the sequencer catch up with the store before it builds again.
 			lg.staleEpoch.Store(b.epoch + 1)
 			lg.l.cfg.Logger.Warn("batch could not be built; catching up with the store", "system", lg.name, "err", b.err)
-			err = fmt.Errorf("%w: %v", ErrBusy, b.err)
+			err, lost = fmt.Errorf("%w: %v", ErrBusy, b.err), true
 		} else if len(b.batch.Entries) > 0 {
 			if err = lg.appendBatch(ctx, b.batch); errors.Is(err, store.ErrStale) {
 				// Another node appended first. Fail this batch and everything built on it; the sequencer catches
-				// up with the store before it builds again, and clients retry (their ids make that safe).
+				// up with the store before it builds again, and sequences the requests again (below).
 				lg.staleEpoch.Store(b.epoch + 1)
-				err = errStaleRetry
+				err, lost = errStaleRetry, true
 			} else if err != nil {
 				// What the sequencer built on this batch can no longer be made durable: stop the log.
 				lg.broken.CompareAndSwap(nil, &err)
@@ -807,6 +874,9 @@ func (lg *Log) commit() {
 			if derr := lg.setDefinitionFrom(ctx, b.sysIndex); derr != nil {
 				lg.l.cfg.Logger.Error("load system definition", "system", lg.name, "err", derr)
 			}
+		}
+		if lost {
+			b.reqs = lg.requeue(b.reqs)
 		}
 		for _, r := range b.reqs {
 			if err != nil && r.err == nil {
@@ -826,6 +896,12 @@ func (lg *Log) commit() {
 			}
 		}
 	}
+	// The sequencer has stopped: requests handed back after it took its last ones will not be built again.
+	for _, r := range lg.takeRequeued(nil) {
+		r.err, r.res = errStaleRetry, nil
+		lg.pending.Add(-int64(len(r.items)))
+		close(r.done)
+	}
 }
 
 // hashBatch computes the tree's new stored hashes for a built batch, reading earlier hashes from the store or
@@ -836,6 +912,7 @@ func (lg *Log) hashBatch(b *store.Batch) error {
 		out := make([]tlog.Hash, len(idx))
 		lg.inflightMu.Lock()
 		defer lg.inflightMu.Unlock()
+		var stored, at []int64 // read from the store in one call (one query for a database)
 		for i, x := range idx {
 			if x >= base {
 				out[i] = b.Hashes[x-base]
@@ -850,11 +927,16 @@ func (lg *Log) hashBatch(b *store.Batch) error {
 			}
 			if !found {
 				// Not in flight, so durable in the store: batches leave the in-flight list only after their append.
-				h, err := lg.store.ReadHashes([]int64{x})
-				if err != nil {
-					return nil, err
-				}
-				out[i] = h[0]
+				stored, at = append(stored, x), append(at, int64(i))
+			}
+		}
+		if len(stored) > 0 {
+			hs, err := lg.store.ReadHashes(stored)
+			if err != nil {
+				return nil, err
+			}
+			for j, i := range at {
+				out[i] = hs[j]
 			}
 		}
 		return out, nil

@@ -1,17 +1,16 @@
 package seal
 
 import (
+	"context"
 	"crypto/cipher"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
@@ -100,22 +99,59 @@ func (p *PeriodKey) unwrap(eventID, wrapped []byte) ([]byte, error) {
 // ErrDestroyed means a period key was destroyed: the payloads it wrapped are gone for good.
 var ErrDestroyed = errors.New("period key destroyed")
 
-// Keyring keeps period keys, each in its own file wrapped by the KEK. It is safe for concurrent use.
+// Keyring keeps period keys and instance secrets in a KeyStore, each wrapped by the KEK, and caches them
+// unwrapped in memory. It is safe for concurrent use, and several Keyrings (several nodes) may share one
+// KeyStore: a key created by one is found by the others, and two that create the same key at once end up with
+// the same one.
 type Keyring struct {
-	dir     string
-	kek     KEK
+	ks  KeyStore
+	kek KEK
+	// recheck is how long a cached key is used before the KeyStore is asked again whether it still exists, so
+	// that a key destroyed by another node stops being used here within that time.
+	recheck time.Duration
+	now     func() time.Time
+
 	mu      sync.Mutex
-	m       map[string]*PeriodKey
+	m       map[string]*cachedPeriod
 	secrets map[string][]byte
 }
 
-// OpenKeyring opens (creating if needed) a keyring directory.
-func OpenKeyring(dir string, kek KEK) (*Keyring, error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("keyring: %w", err)
-	}
-	return &Keyring{dir: dir, kek: kek, m: map[string]*PeriodKey{}, secrets: map[string][]byte{}}, nil
+type cachedPeriod struct {
+	pk      *PeriodKey
+	checked time.Time
 }
+
+// keyTimeout bounds each KeyStore call: the Keyring's methods take no context.
+const keyTimeout = 30 * time.Second
+
+// DefaultRecheck is how long a Keyring trusts its cache of a period key before it checks that the key was not
+// destroyed meanwhile (by another node).
+const DefaultRecheck = time.Minute
+
+// OpenKeyring opens (creating if needed) a keyring directory: a Keyring over a FileKeyStore.
+func OpenKeyring(dir string, kek KEK) (*Keyring, error) {
+	ks, err := NewFileKeyStore(dir)
+	if err != nil {
+		return nil, err
+	}
+	return NewKeyring(ks, kek), nil
+}
+
+// NewKeyring returns a Keyring keeping its keys in ks, wrapped by kek.
+func NewKeyring(ks KeyStore, kek KEK) *Keyring {
+	return &Keyring{ks: ks, kek: kek, recheck: DefaultRecheck, now: time.Now, m: map[string]*cachedPeriod{}, secrets: map[string][]byte{}}
+}
+
+// SetRecheck sets how long a cached period key is used before the KeyStore is asked again whether it was
+// destroyed (default DefaultRecheck; 0 asks every time).
+func (k *Keyring) SetRecheck(d time.Duration) {
+	k.mu.Lock()
+	k.recheck = d
+	k.mu.Unlock()
+}
+
+// Store is the Keyring's KeyStore.
+func (k *Keyring) Store() KeyStore { return k.ks }
 
 var slug = regexp.MustCompile(`^[a-z0-9_][a-z0-9_-]{0,63}$`)
 
@@ -132,93 +168,79 @@ func Month(id string) string {
 	return ""
 }
 
-type keyFile struct {
-	ID      string `json:"id"`
-	KEK     string `json:"kek"`
-	Wrapped string `json:"wrapped"`
-}
-
 // Period returns the period key for (system, class, month of t), creating it durably if it does not exist:
-// when Period returns, the key is on disk, so nothing sealed with it can outlive it by accident.
+// when Period returns, the key is stored, so nothing sealed with it can outlive it by accident. A destroyed
+// period is never created again (ErrDestroyed).
 func (k *Keyring) Period(system, class string, t time.Time) (*PeriodKey, error) {
-	id := PeriodID(system, class, t)
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	if pk := k.m[id]; pk != nil {
-		return pk, nil
-	}
-	pk, err := k.load(id)
-	if errors.Is(err, fs.ErrNotExist) {
-		pk, err = k.create(id)
-	}
-	if err != nil {
-		return nil, err
-	}
-	k.m[id] = pk
-	return pk, nil
+	return k.period(PeriodID(system, class, t), true)
 }
 
-// Lookup returns an existing period key by id.
+// Lookup returns an existing period key by id; ErrDestroyed when it was destroyed or never existed.
 func (k *Keyring) Lookup(id string) (*PeriodKey, error) {
+	return k.period(id, false)
+}
+
+func (k *Keyring) period(id string, create bool) (*PeriodKey, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	if pk := k.m[id]; pk != nil {
-		return pk, nil
+	now := k.now()
+	c := k.m[id]
+	if c != nil && now.Sub(c.checked) < k.recheck {
+		return c.pk, nil
 	}
-	pk, err := k.load(id)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("period key %s: %w", id, ErrDestroyed)
+	if err := CheckKeyID(id); err != nil || strings.HasPrefix(id, "_secrets/") {
+		return nil, fmt.Errorf("bad period key id %q", id)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), keyTimeout)
+	defer cancel()
+	if c != nil {
+		// Recheck that the cached key still exists; keep using it if the store cannot say.
+		_, err := k.ks.Get(ctx, id)
+		switch {
+		case err == nil:
+			c.checked = now
+			return c.pk, nil
+		case errors.Is(err, ErrDestroyed), errors.Is(err, ErrNoKey):
+			delete(k.m, id)
+			return nil, fmt.Errorf("period key %s: %w", id, ErrDestroyed)
+		default:
+			return c.pk, nil
+		}
+	}
+	key, err := k.unwrapStored(ctx, id, create)
+	if errors.Is(err, ErrNoKey) {
+		err = fmt.Errorf("period key %s: %w", id, ErrDestroyed)
 	}
 	if err != nil {
 		return nil, err
 	}
-	k.m[id] = pk
+	defer clear(key)
+	aead, err := newGCM(key)
+	if err != nil {
+		return nil, err
+	}
+	pk := &PeriodKey{ID: id, aead: aead}
+	k.m[id] = &cachedPeriod{pk: pk, checked: now}
 	return pk, nil
 }
 
-func (k *Keyring) path(id string) (string, error) {
-	parts := strings.Split(id, "/")
-	if len(parts) != 3 || !slug.MatchString(parts[0]) || !slug.MatchString(parts[1]) {
-		return "", fmt.Errorf("bad period key id %q", id)
+// Destroy destroys the period key id in the KeyStore and drops it from this Keyring's cache: every payload
+// sealed under it becomes unreadable for good (crypto-shredding), and the period is never created again. Other
+// Keyrings over the same KeyStore (other nodes) stop using their cached copy within DefaultRecheck. Destroying
+// a key that is already destroyed, or never existed, is not an error.
+func (k *Keyring) Destroy(id string) error {
+	if err := CheckKeyID(id); err != nil || strings.HasPrefix(id, "_secrets/") {
+		return fmt.Errorf("bad period key id %q", id)
 	}
-	if _, err := time.Parse("2006-01", parts[2]); err != nil {
-		return "", fmt.Errorf("bad period key id %q", id)
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), keyTimeout)
+	defer cancel()
+	if err := k.ks.Destroy(ctx, id); err != nil {
+		return fmt.Errorf("destroy period key %s: %w", id, err)
 	}
-	return filepath.Join(k.dir, parts[0], parts[1], parts[2]+".key"), nil
-}
-
-func (k *Keyring) load(id string) (*PeriodKey, error) {
-	p, err := k.path(id)
-	if err != nil {
-		return nil, err
-	}
-	key, err := k.readWrapped(p, id)
-	if err != nil {
-		return nil, err
-	}
-	defer clear(key)
-	aead, err := newGCM(key)
-	if err != nil {
-		return nil, err
-	}
-	return &PeriodKey{ID: id, aead: aead}, nil
-}
-
-func (k *Keyring) create(id string) (*PeriodKey, error) {
-	p, err := k.path(id)
-	if err != nil {
-		return nil, err
-	}
-	key, err := k.writeWrapped(p, id)
-	if err != nil {
-		return nil, err
-	}
-	defer clear(key)
-	aead, err := newGCM(key)
-	if err != nil {
-		return nil, err
-	}
-	return &PeriodKey{ID: id, aead: aead}, nil
+	delete(k.m, id)
+	return nil
 }
 
 // Secret returns a named instance secret (32 bytes), creating it if absent. It is stored wrapped by the KEK
@@ -232,12 +254,9 @@ func (k *Keyring) Secret(name string) ([]byte, error) {
 	if key, ok := k.secrets[name]; ok {
 		return key, nil
 	}
-	p := filepath.Join(k.dir, "_secrets", name+".key")
-	id := "_secrets/" + name
-	key, err := k.readWrapped(p, id)
-	if errors.Is(err, fs.ErrNotExist) {
-		key, err = k.writeWrapped(p, id)
-	}
+	ctx, cancel := context.WithTimeout(context.Background(), keyTimeout)
+	defer cancel()
+	key, err := k.unwrapStored(ctx, "_secrets/"+name, true)
 	if err != nil {
 		return nil, err
 	}
@@ -245,41 +264,27 @@ func (k *Keyring) Secret(name string) ([]byte, error) {
 	return key, nil
 }
 
-// readWrapped reads a key file and unwraps its key with the KEK; the key file's id must be id.
-func (k *Keyring) readWrapped(path, id string) ([]byte, error) {
-	b, err := os.ReadFile(path)
+// unwrapStored returns the key stored under id, unwrapped; with create, a missing one is made: a new random
+// key is wrapped and offered to the KeyStore, and whichever key the store holds afterwards (another node's, if
+// it won the race) is the one returned.
+func (k *Keyring) unwrapStored(ctx context.Context, id string, create bool) ([]byte, error) {
+	w, err := k.ks.Get(ctx, id)
+	if errors.Is(err, ErrNoKey) && create {
+		key := make([]byte, 32)
+		rand.Read(key)
+		wrapped, werr := k.kek.Wrap([]byte(id), key)
+		clear(key)
+		if werr != nil {
+			return nil, werr
+		}
+		w, err = k.ks.Create(ctx, WrappedKey{ID: id, KEK: k.kek.ID(), Wrapped: wrapped})
+	}
 	if err != nil {
 		return nil, err
 	}
-	var f keyFile
-	if err := json.Unmarshal(b, &f); err != nil || f.ID != id {
-		return nil, fmt.Errorf("key file %s is damaged", path)
-	}
-	w, err := base64.StdEncoding.DecodeString(f.Wrapped)
+	key, err := k.kek.Unwrap([]byte(id), w.Wrapped)
 	if err != nil {
-		return nil, fmt.Errorf("key file %s is damaged", path)
-	}
-	key, err := k.kek.Unwrap([]byte(id), w)
-	if err != nil {
-		return nil, fmt.Errorf("key %s (wrapped by %s): %w", id, f.KEK, err)
-	}
-	return key, nil
-}
-
-// writeWrapped makes a new random key, stores it wrapped by the KEK durably at path, and returns it.
-func (k *Keyring) writeWrapped(path, id string) ([]byte, error) {
-	key := make([]byte, 32)
-	rand.Read(key)
-	w, err := k.kek.Wrap([]byte(id), key)
-	if err != nil {
-		return nil, err
-	}
-	b, _ := json.Marshal(keyFile{ID: id, KEK: k.kek.ID(), Wrapped: base64.StdEncoding.EncodeToString(w)})
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return nil, err
-	}
-	if err := atomicfile.Write(path, b, 0o600); err != nil {
-		return nil, fmt.Errorf("create key %s: %w", id, err)
+		return nil, fmt.Errorf("key %s (wrapped by %s): %w", id, w.KEK, err)
 	}
 	return key, nil
 }

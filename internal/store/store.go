@@ -117,3 +117,10 @@ type Log interface {
 type Shared interface {
 	Shared() bool
 }
+
+// LeafReader is implemented by logs that can read entries without their envelopes and sealed payloads (Envelope
+// and Sealed are nil): a ledger catching up with what other nodes appended needs only the leaf fields and
+// content keys, and reading the layers it does not need would cost as much as appending them again.
+type LeafReader interface {
+	Leaves(ctx context.Context, start, end uint64, fn func(*Entry) error) error
+}

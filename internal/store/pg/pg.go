@@ -12,7 +12,8 @@
 // and [Open] refuses a schema older than this code knows (unless Options.Migrate) or newer.
 //
 // The package never interprets what it keeps (no envelope parsing, no decryption, no signing), never lowers
-// synchronous_commit, and never stores key material.
+// synchronous_commit, and never stores key material in clear: the keyring's keys (KeyStore) arrive wrapped by
+// the key-encryption key, which stays outside the database.
 //
 // # Dependency
 //
@@ -395,7 +396,10 @@ func (l *Log) resolveCommit(b *store.Batch, commitErr error) error {
 
 func (l *Log) opts() *Options { return &l.s.opts }
 
-const entryColumns = "idx, id, recorded, type, digest, salt, envelope, sealed, content_key"
+const (
+	entryColumns = "idx, id, recorded, type, digest, salt, envelope, sealed, content_key"
+	leafColumns  = "idx, id, recorded, type, digest, salt, NULL::bytea, NULL::bytea, content_key"
+)
 
 func scanEntry(row pgx.Row) (*store.Entry, error) {
 	var (
@@ -434,17 +438,29 @@ func (l *Log) Entry(ctx context.Context, index uint64) (*store.Entry, error) {
 	return e, nil
 }
 
-// Entries pages through the range in queries of up to entriesPage entries (or entriesPageBytes of envelopes and
-// payloads), calling fn between queries, so fn holds no connection and may use the store.
+// Entries pages through the range in queries of up to 256 entries (or 16 MiB of envelopes and payloads),
+// calling fn between queries, so fn holds no connection and may use the store.
 func (l *Log) Entries(ctx context.Context, start, end uint64, fn func(*store.Entry) error) error {
+	return l.entries(ctx, entryColumns, 256, start, end, fn)
+}
+
+// Leaves is Entries without envelopes and sealed payloads (store.LeafReader): what a node catching up with
+// other nodes' appends reads.
+func (l *Log) Leaves(ctx context.Context, start, end uint64, fn func(*store.Entry) error) error {
+	return l.entries(ctx, leafColumns, 4096, start, end, fn)
+}
+
+// entries pages through the range in queries of up to entriesPage entries (or entriesPageBytes of envelopes and
+// payloads).
+func (l *Log) entries(ctx context.Context, columns string, entriesPage int, start, end uint64, fn func(*store.Entry) error) error {
 	if n := l.Size(); end > n {
 		end = n
 	}
-	const entriesPage, entriesPageBytes = 256, 16 << 20
+	const entriesPageBytes = 16 << 20
 	page := make([]*store.Entry, 0, entriesPage)
 	for start < end {
 		page = page[:0]
-		rows, err := l.s.pool.Query(ctx, "SELECT "+entryColumns+" FROM entries WHERE log = $1 AND idx >= $2 AND idx < $3 ORDER BY idx LIMIT $4",
+		rows, err := l.s.pool.Query(ctx, "SELECT "+columns+" FROM entries WHERE log = $1 AND idx >= $2 AND idx < $3 ORDER BY idx LIMIT $4",
 			l.id, int64(start), int64(end), entriesPage)
 		if err != nil {
 			return fmt.Errorf("read entries of %s from %d: %w", l.name, start, err)

@@ -2,12 +2,9 @@ package pg_test
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"io"
 	"log/slog"
-	"os"
 	"sync"
 	"testing"
 	"time"
@@ -18,50 +15,17 @@ import (
 	"github.com/cairn-ai/cairn/internal/event"
 	"github.com/cairn-ai/cairn/internal/store"
 	"github.com/cairn-ai/cairn/internal/store/pg"
+	"github.com/cairn-ai/cairn/internal/store/pg/pgtest"
 	"github.com/cairn-ai/cairn/internal/store/storetest"
 )
 
-// testURL returns the PostgreSQL the tests run against (env CAIRN_TEST_PG, see .ci/postgres.sh). Without it the
-// tests skip, except under CI, where a skip would hide that the store went untested.
-func testURL(tb testing.TB) string {
-	tb.Helper()
-	url := os.Getenv("CAIRN_TEST_PG")
-	if url == "" {
-		if os.Getenv("CI") != "" {
-			tb.Fatal("CAIRN_TEST_PG is not set under CI: run .ci/postgres.sh and export the line it prints")
-		}
-		tb.Skip("CAIRN_TEST_PG is not set: run .ci/postgres.sh for a local PostgreSQL to test against")
-	}
-	return url
-}
+// testURL returns the PostgreSQL the tests run against (pgtest.URL).
+func testURL(tb testing.TB) string { return pgtest.URL(tb) }
 
-// newSchema creates an empty schema for one test and drops it, with everything in it, when the test ends.
+// newSchema creates an empty schema for one test, dropped with everything in it when the test ends.
 func newSchema(tb testing.TB, url string) string {
-	tb.Helper()
-	ctx := context.Background()
-	var b [6]byte
-	rand.Read(b[:])
-	name := "cairn_test_" + hex.EncodeToString(b[:])
-	c, err := pgx.Connect(ctx, url)
-	if err != nil {
-		tb.Fatalf("connect to CAIRN_TEST_PG: %v", err)
-	}
-	defer c.Close(ctx)
-	if _, err := c.Exec(ctx, "CREATE SCHEMA "+pgx.Identifier{name}.Sanitize()); err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() {
-		c, err := pgx.Connect(ctx, url)
-		if err != nil {
-			tb.Errorf("drop schema %s: %v", name, err)
-			return
-		}
-		defer c.Close(ctx)
-		if _, err := c.Exec(ctx, "DROP SCHEMA "+pgx.Identifier{name}.Sanitize()+" CASCADE"); err != nil {
-			tb.Errorf("drop schema %s: %v", name, err)
-		}
-	})
-	return name
+	_, schema, _ := pgtest.Schema(tb, "cairn_test_")
+	return schema
 }
 
 // openStore opens a store over a fresh schema, migrated, closed when the test ends.
@@ -354,5 +318,40 @@ func TestCommitOutcome(t *testing.T) {
 	later := storetest.Entries(5, 5, "inference")
 	if err := pg.ResolveCommit(lg, &store.Batch{Start: 5, Entries: later}, io.ErrUnexpectedEOF); !errors.Is(err, io.ErrUnexpectedEOF) {
 		t.Errorf("a batch past the end was reported committed: %v", err)
+	}
+}
+
+// TestLeaves: Leaves answers the same leaf fields as Entries, without envelopes and payloads, across pages.
+func TestLeaves(t *testing.T) {
+	ctx := context.Background()
+	s, _, _ := openStore(t, pg.Options{})
+	lg, err := s.Create(ctx, "leaves")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := benchBatch(0, 5000)
+	b.Hashes = make([]tlog.Hash, tlog.StoredHashCount(5000))
+	if err := lg.Append(ctx, b); err != nil {
+		t.Fatal(err)
+	}
+	var full []store.Entry
+	if err := lg.Entries(ctx, 10, 4500, func(e *store.Entry) error { full = append(full, *e); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	i := 0
+	err = lg.(store.LeafReader).Leaves(ctx, 10, 4500, func(e *store.Entry) error {
+		f := full[i]
+		if e.Envelope != nil || e.Sealed != nil {
+			t.Fatalf("Leaves answered entry %d with its envelope or payload", e.Index)
+		}
+		if e.Index != f.Index || e.ID != f.ID || e.Recorded != f.Recorded || e.Type != f.Type || e.Digest != f.Digest ||
+			e.Salt != f.Salt || e.ContentKey != f.ContentKey {
+			t.Fatalf("Leaves entry %d differs from Entries", e.Index)
+		}
+		i++
+		return nil
+	})
+	if err != nil || i != len(full) || i != 4490 {
+		t.Fatalf("Leaves read %d entries (Entries %d), %v", i, len(full), err)
 	}
 }
