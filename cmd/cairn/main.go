@@ -21,6 +21,7 @@ Usage:
   cairn token   create --data DIR --principal P --role R ...   create an API token
   cairn token   list --data DIR | revoke --data DIR ID         list or revoke API tokens
   cairn keys    rotate --data DIR [--kek F] --new-kek F         re-wrap the keyring under a new key-encryption key
+  cairn proxy   --upstream URL --system S [--data DIR|--url URL] record every call to a model server
   cairn bench   [flags]                                        measure ingest, proofs and storage
   cairn version
 
@@ -49,6 +50,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		"token":   cmdToken,
 		"keys":    cmdKeys,
 		"bench":   cmdBench,
+		"proxy":   cmdProxy,
 		"version": func([]string, io.Writer, io.Writer) error { fmt.Fprintln(stdout, "cairn", version); return nil },
 	}
 	if args[0] == "-h" || args[0] == "--help" || args[0] == "help" {

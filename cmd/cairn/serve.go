@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/ed25519"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -19,11 +18,6 @@ import (
 
 	"github.com/cairn-ai/cairn/internal/api"
 	"github.com/cairn-ai/cairn/internal/atomicfile"
-	"github.com/cairn-ai/cairn/internal/ledger"
-	"github.com/cairn-ai/cairn/internal/seal"
-	"github.com/cairn-ai/cairn/internal/store"
-	"github.com/cairn-ai/cairn/internal/store/local"
-	"github.com/cairn-ai/cairn/internal/store/pg"
 )
 
 func cmdServe(args []string, stdout, stderr io.Writer) error {
@@ -65,21 +59,7 @@ func cmdServe(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer unlock()
-	cfg, created, err := loadConfig(p, *origin, true)
-	if err != nil {
-		return err
-	}
-	sk, skNew, err := ledger.LoadSigningKey(p.signingKey, true)
-	if err != nil {
-		return err
-	}
-	if skNew || created {
-		if err := writePublicKey(p, sk.Public().(ed25519.PublicKey)); err != nil {
-			return err
-		}
-	}
-	kek, kekNew, err := seal.LoadKEK(p.kek, true)
-	if err != nil {
+	if _, _, err := loadConfig(p, *origin, true); err != nil {
 		return err
 	}
 	tokens, err := api.LoadTokens(p.tokens())
@@ -96,37 +76,11 @@ func cmdServe(args []string, stdout, stderr io.Writer) error {
 		}
 		fmt.Fprintf(stdout, "created admin token:      %s\n", p.adminToken())
 	}
-	if skNew {
-		fmt.Fprintf(stdout, "created signing key:      %s (public key: %s)\n", p.signingKey, p.publicKey())
-	}
-	if kekNew {
-		fmt.Fprintf(stdout, "created key-encryption key: %s\n", p.kek)
-	}
-	if skNew || kekNew {
-		fmt.Fprintln(stdout, "in production keep the signing key and the KEK outside the data directory (--signing-key, --kek)")
-	}
-	kr := p.keyring()
-	if *keyringDir != "" {
-		kr = *keyringDir
-	}
-	keys, err := seal.OpenKeyring(kr, kek)
-	if err != nil {
-		return err
-	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	var st store.Store
-	if *storeURL != "" {
-		st, err = pg.Open(ctx, *storeURL, pg.Options{Logger: logger})
-	} else {
-		st, err = local.Open(p.data, local.Options{Logger: logger})
-	}
-	if err != nil {
-		return err
-	}
 	defer stop()
-	l, err := ledger.Open(ctx, ledger.Config{Origin: cfg.Origin, CheckpointInterval: *cpInterval, DedupWindow: *dedup, Logger: logger}, st, keys, sk)
+	l, cfg, err := openLedger(ctx, p, ledgerOptions{origin: *origin, keyringDir: *keyringDir, storeURL: *storeURL,
+		cpInterval: *cpInterval, dedup: *dedup, logger: logger}, stdout)
 	if err != nil {
-		st.Close()
 		return err
 	}
 	idx, stopIndex, err := startIndex(ctx, p, l, logger)

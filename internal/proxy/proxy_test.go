@@ -111,14 +111,28 @@ type rig struct {
 	sink  *switchSink
 	rec   *Recorder
 	proxy *httptest.Server
-	up    *httptest.Server
-	calls atomic.Int64
+	up    *httptest.Server // nil in front of a real model server
+	calls *atomic.Int64
 }
 
 // recordsPolicy pseudonymises the name column of record-shaped inputs.
 const recordsPolicy = `,"field_policy":{"default":"keep","domain":"customers","fields":{"input[].name":{"action":"pseudonym"}}}`
 
 func newRig(t *testing.T, policy string, cfg Config, upstream http.Handler, fieldPolicy ...string) *rig {
+	t.Helper()
+	var calls atomic.Int64
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		calls.Add(1)
+		upstream.ServeHTTP(w, req)
+	}))
+	t.Cleanup(up.Close)
+	r := newRigURL(t, policy, cfg, up.URL, fieldPolicy...)
+	r.up, r.calls = up, &calls
+	return r
+}
+
+// newRigURL puts a proxy recording into an in-process ledger in front of an upstream URL.
+func newRigURL(t *testing.T, policy string, cfg Config, upstream string, fieldPolicy ...string) *rig {
 	t.Helper()
 	r := &rig{l: testLedger(t, strings.Join(fieldPolicy, ""))}
 	r.sink = &switchSink{Sink: &LedgerSink{Ledger: r.l, System: "credit", Actor: "proxy"}}
@@ -127,11 +141,7 @@ func newRig(t *testing.T, policy string, cfg Config, upstream http.Handler, fiel
 		t.Fatal(err)
 	}
 	r.rec = NewRecorder(r.sink, sp, policy, nil)
-	r.up = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-		r.calls.Add(1)
-		upstream.ServeHTTP(w, req)
-	}))
-	cfg.Upstream, _ = url.Parse(r.up.URL)
+	cfg.Upstream, _ = url.Parse(upstream)
 	p, err := New(cfg, r.rec)
 	if err != nil {
 		t.Fatal(err)
@@ -139,7 +149,6 @@ func newRig(t *testing.T, policy string, cfg Config, upstream http.Handler, fiel
 	r.proxy = httptest.NewServer(p)
 	t.Cleanup(func() {
 		r.proxy.Close()
-		r.up.Close()
 		r.rec.Close()
 		sp.Close()
 	})
