@@ -30,6 +30,7 @@ func startProc(t *testing.T, prefix string, args ...string) *proc {
 	p := &proc{cmd: cairnCmd(t, args...), exited: make(chan struct{}), out: &killLog{}}
 	pr, pw := io.Pipe()
 	p.cmd.Stdout, p.cmd.Stderr = io.MultiWriter(pw, p.out), p.out
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL} // never outlive a test that timed out
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

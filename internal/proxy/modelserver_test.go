@@ -77,7 +77,7 @@ func startModelServers(t *testing.T) (oipURL, mlflowURL string) {
 			c := exec.Command(name, args...)
 			c.Dir = dir
 			c.Stdout, c.Stderr = logs, logs
-			c.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+			c.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 			if err := c.Start(); err != nil {
 				ms.err = err
 				return
