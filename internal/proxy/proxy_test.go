@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cairn-ai/cairn/internal/event"
 	"github.com/cairn-ai/cairn/internal/ledger"
 	"github.com/cairn-ai/cairn/internal/seal"
 	"github.com/cairn-ai/cairn/internal/store/local"
@@ -477,5 +478,25 @@ func TestStreamChunkByChunk(t *testing.T) {
 				t.Errorf("model %v attrs %v", cm.Envelope.Model, cm.Envelope.Attrs)
 			}
 		})
+	}
+}
+
+// TestSpoolOlderThanIdempotencyWindow: events held in the spool longer than the ledger remembers ids are
+// delivered under fresh ids, with their links rewritten, not substituted or lost.
+func TestSpoolOlderThanIdempotencyWindow(t *testing.T) {
+	r := newRig(t, SpoolPolicy, Config{}, oipUpstream())
+	old := time.Now().Add(-30 * time.Minute)
+	id1, id2 := event.NewV7(old).String(), event.NewV7(old.Add(time.Millisecond)).String()
+	r.rec.Defer([]byte(`{"id":"` + id1 + `","type":"inference","model":{"name":"m","version":"1"},"attrs":{"part":"request"},"payload":{"input":1}}`))
+	r.rec.Defer([]byte(`{"id":"` + id2 + `","type":"inference","model":{"name":"m","version":"1"},"refs":["` + id1 + `"],"attrs":{"part":"completion"},"payload":{"output":2}}`))
+	evs := r.waitEvents(t, 2)
+	if evs[0].Envelope.ID == id1 || evs[1].Envelope.ID == id2 {
+		t.Fatalf("ids not renewed: %s %s", evs[0].Envelope.ID, evs[1].Envelope.ID)
+	}
+	if len(evs[1].Envelope.Refs) != 1 || evs[1].Envelope.Refs[0] != evs[0].Envelope.ID {
+		t.Fatalf("completion refs %v, want the request's new id %s", evs[1].Envelope.Refs, evs[0].Envelope.ID)
+	}
+	if string(evs[0].Payload["input"]) != "1" || string(evs[1].Payload["output"]) != "2" {
+		t.Fatalf("content lost: %s %s", evs[0].Payload["input"], evs[1].Payload["output"])
 	}
 }

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -194,6 +195,13 @@ func (r *Recorder) deliver() error {
 
 // appendAll appends records in order; a rejected one is replaced by its substitute.
 func (r *Recorder) appendAll(recs [][]byte) error {
+	if len(r.reminted) > 0 {
+		for i, rec := range recs {
+			if bytes.Contains(rec, []byte(`"refs"`)) {
+				recs[i] = r.relink(rec)
+			}
+		}
+	}
 	for len(recs) > 0 {
 		err := r.sink.Append(context.Background(), recs)
 		var rj *Rejected
@@ -236,6 +244,19 @@ func (r *Recorder) remint(ev []byte) []byte {
 	}
 	r.reminted[old] = id
 	m["id"], _ = json.Marshal(id)
+	return r.relinkMap(ev, m)
+}
+
+// relink points an event's references at the fresh ids of reminted events.
+func (r *Recorder) relink(ev []byte) []byte {
+	var m map[string]json.RawMessage
+	if json.Unmarshal(ev, &m) != nil {
+		return ev
+	}
+	return r.relinkMap(ev, m)
+}
+
+func (r *Recorder) relinkMap(ev []byte, m map[string]json.RawMessage) []byte {
 	var refs []string
 	if json.Unmarshal(m["refs"], &refs) == nil && len(refs) > 0 {
 		for i, ref := range refs {
