@@ -26,6 +26,7 @@ import (
 	"net/url"
 	"regexp"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/cairn-ai/cairn/internal/event"
@@ -323,8 +324,12 @@ func refs(id string) []string {
 
 // copyBody copies the upstream body to the client, flushing each read when streaming. It keeps reading the
 // upstream after the client went away only to finish the record; it reports bytes sent and a client cancel.
+var copyBufs = sync.Pool{New: func() any { return new([32 << 10]byte) }}
+
 func (p *Proxy) copyBody(w http.ResponseWriter, body io.Reader, flush bool, tee func([]byte)) (int64, bool) {
-	buf := make([]byte, 32<<10)
+	bp := copyBufs.Get().(*[32 << 10]byte)
+	defer copyBufs.Put(bp)
+	buf := bp[:]
 	fl, _ := w.(http.Flusher)
 	var n int64
 	cancelled := false
@@ -442,6 +447,67 @@ type eventBuilder struct {
 var traceparentRE = regexp.MustCompile(`^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$`)
 var codeRE = regexp.MustCompile(`^[A-Za-z0-9_.:-]{1,64}$`)
 
+// eventAttrs are an inference event's attributes as the proxy records them (docs/capture.md).
+type eventAttrs struct {
+	Protocol         string             `json:"protocol"`
+	Status           int                `json:"status,omitempty"`
+	Outcome          string             `json:"outcome,omitempty"`
+	Part             string             `json:"part,omitempty"`
+	LatencyMS        *float64           `json:"latency_ms,omitempty"`
+	TTFBMS           *float64           `json:"ttfb_ms,omitempty"`
+	RequestID        string             `json:"request_id,omitempty"`
+	Traceparent      string             `json:"traceparent,omitempty"`
+	ServedModel      string             `json:"served_model,omitempty"`
+	ServedVersion    string             `json:"served_version,omitempty"`
+	RequestedModel   string             `json:"requested_model,omitempty"`
+	RequestedVersion string             `json:"requested_version,omitempty"`
+	Usage            map[string]float64 `json:"usage,omitempty"`
+	ErrorCode        string             `json:"error_code,omitempty"`
+}
+
+type eventRequest struct {
+	Method      string `json:"method"`
+	Path        string `json:"path"`
+	ContentType string `json:"content_type"`
+	Size        int    `json:"size"`
+	SHA256      string `json:"sha256"`
+}
+
+type eventResponse struct {
+	Status      int    `json:"status"`
+	ContentType string `json:"content_type"`
+	Size        int    `json:"size"`
+	SHA256      string `json:"sha256,omitempty"`
+}
+
+type eventPayload struct {
+	Input         json.RawMessage `json:"input,omitempty"`
+	InputMeta     json.RawMessage `json:"input_meta,omitempty"`
+	Parameters    json.RawMessage `json:"parameters,omitempty"`
+	Output        json.RawMessage `json:"output,omitempty"`
+	OutputMeta    json.RawMessage `json:"output_meta,omitempty"`
+	Error         json.RawMessage `json:"error,omitempty"`
+	FinishReasons []string        `json:"finish_reasons,omitempty"`
+	Request       *eventRequest   `json:"request,omitempty"`
+	Response      *eventResponse  `json:"response,omitempty"`
+}
+
+type eventModel struct {
+	Name    string `json:"name"`
+	Version string `json:"version"`
+}
+
+type eventJSON struct {
+	ID         string        `json:"id"`
+	Type       string        `json:"type"`
+	Time       string        `json:"time"`
+	Model      eventModel    `json:"model"`
+	Deployment string        `json:"deployment,omitempty"`
+	Refs       []string      `json:"refs,omitempty"`
+	Attrs      eventAttrs    `json:"attrs"`
+	Payload    *eventPayload `json:"payload,omitempty"`
+}
+
 // build encodes the event of the call; part is "", "request" or "completion".
 func (b *eventBuilder) build(part, outcome string, refs []string) []byte {
 	c, cfg := b.c, b.p.cfg
@@ -467,38 +533,24 @@ func (b *eventBuilder) build(part, outcome string, refs []string) []byte {
 	if version == "" {
 		version = "unknown"
 	}
-	attrs := map[string]any{"protocol": c.proto}
-	if b.status != 0 {
-		attrs["status"] = b.status
-	}
-	if outcome != "" {
-		attrs["outcome"] = outcome
-	}
-	if part != "" {
-		attrs["part"] = part
-	}
+	a := eventAttrs{Protocol: c.proto, Status: b.status, Outcome: outcome, Part: part,
+		ServedModel: c.servedModel, ServedVersion: c.servedVersion, RequestedModel: c.reqModel, RequestedVersion: c.reqVersion,
+		Usage: c.usage}
 	if part != "request" {
 		if !b.t.end.IsZero() {
-			attrs["latency_ms"] = b.t.ms(b.t.end)
+			ms := b.t.ms(b.t.end)
+			a.LatencyMS = &ms
 		}
 		if !b.t.firstByte.IsZero() {
-			attrs["ttfb_ms"] = b.t.ms(b.t.firstByte)
+			ms := b.t.ms(b.t.firstByte)
+			a.TTFBMS = &ms
 		}
 	}
-	if c.correlation != "" && len(c.correlation) <= 128 && codeRE.MatchString(c.correlation) {
-		attrs["request_id"] = c.correlation
+	if c.correlation != "" && codeRE.MatchString(c.correlation) {
+		a.RequestID = c.correlation
 	}
 	if traceparentRE.MatchString(b.traceparent) {
-		attrs["traceparent"] = b.traceparent
-	}
-	for k, v := range map[string]string{"served_model": c.servedModel, "served_version": c.servedVersion,
-		"requested_model": c.reqModel, "requested_version": c.reqVersion} {
-		if v != "" {
-			attrs[k] = v
-		}
-	}
-	if len(c.usage) > 0 {
-		attrs["usage"] = c.usage
+		a.Traceparent = b.traceparent
 	}
 	code := c.errorCode
 	if code == "" && outcome != "ok" && outcome != "" && part != "request" {
@@ -510,65 +562,44 @@ func (b *eventBuilder) build(part, outcome string, refs []string) []byte {
 	if outcome == "withheld" {
 		code = "ledger_unavailable"
 	}
-	if code != "" {
-		if !codeRE.MatchString(code) {
-			code = "upstream_error"
+	if code != "" && !codeRE.MatchString(code) {
+		code = "upstream_error"
+	}
+	a.ErrorCode = code
+	pl := &eventPayload{}
+	if part != "completion" {
+		pl.Input = capped(c.input, cfg.MaxCapture)
+		pl.InputMeta = c.inputMeta
+		if len(c.params) > 0 {
+			pl.Parameters = capped(c.params, cfg.MaxCapture)
 		}
-		attrs["error_code"] = code
-	}
-	payload := map[string]any{
-		"input":   capped(c.input, cfg.MaxCapture),
-		"request": map[string]any{"method": b.method, "path": b.path, "content_type": b.reqType, "size": b.reqSize, "sha256": c.requestDigest[7:]},
-	}
-	if len(c.inputMeta) > 0 {
-		payload["input_meta"] = c.inputMeta
-	}
-	if len(c.params) > 0 {
-		payload["parameters"] = capped(c.params, cfg.MaxCapture)
+		// The request's bytes, by digest; a completion refers to the request part that holds them.
+		pl.Request = &eventRequest{Method: b.method, Path: b.path, ContentType: b.reqType, Size: b.reqSize, SHA256: c.requestDigest[7:]}
 	}
 	if part != "request" && b.status != 0 {
 		if len(c.output) > 0 {
-			payload["output"] = capped(c.output, cfg.MaxCapture)
+			pl.Output = capped(c.output, cfg.MaxCapture)
 		}
-		if len(c.outputMeta) > 0 {
-			payload["output_meta"] = c.outputMeta
-		}
+		pl.OutputMeta = c.outputMeta
 		if len(c.upstreamError) > 0 {
-			payload["error"] = capped(c.upstreamError, cfg.MaxCapture)
+			pl.Error = capped(c.upstreamError, cfg.MaxCapture)
 		}
-		if len(c.finishReasons) > 0 {
-			payload["finish_reasons"] = c.finishReasons
-		}
-		resp := map[string]any{"status": b.status, "content_type": b.respType, "size": b.respSize}
+		pl.FinishReasons = c.finishReasons
+		pl.Response = &eventResponse{Status: b.status, ContentType: b.respType, Size: b.respSize}
 		if b.respDigest != "" {
-			resp["sha256"] = b.respDigest[7:]
+			pl.Response.SHA256 = b.respDigest[7:]
 		}
-		payload["response"] = resp
 	}
-	if part == "completion" {
-		delete(payload, "input") // held by the request part it refers to
-		delete(payload, "parameters")
-		delete(payload, "input_meta")
+	if pl.Output == nil && a.ErrorCode == "" && part != "request" {
+		// A success without a readable output still records that there was one.
+		pl.Output = json.RawMessage("null")
 	}
-	if _, ok := payload["output"]; !ok && attrs["error_code"] == nil && part != "request" {
-		// A 2xx without a readable output: the output is the response's digest.
-		payload["output"] = json.RawMessage("null")
-	}
-	ev := map[string]any{
-		"id": b.id, "type": "inference", "time": b.t.start.UTC().Format(time.RFC3339Nano),
-		"model": map[string]string{"name": name, "version": version}, "attrs": attrs, "payload": payload,
-	}
-	if cfg.Deployment != "" {
-		ev["deployment"] = cfg.Deployment
-	}
-	if len(refs) > 0 {
-		ev["refs"] = refs
-	}
+	ev := eventJSON{ID: b.id, Type: "inference", Time: b.t.start.UTC().Format(time.RFC3339Nano),
+		Model: eventModel{Name: name, Version: version}, Deployment: cfg.Deployment, Refs: refs, Attrs: a, Payload: pl}
 	out, err := json.Marshal(ev)
 	if err != nil {
 		// A value that does not encode (it cannot happen with parsed JSON): keep the call, drop the content.
-		delete(ev, "payload")
-		ev["payload"] = map[string]any{"output": nil, "request": payload["request"]}
+		ev.Payload = &eventPayload{Output: json.RawMessage("null"), Request: pl.Request, Response: pl.Response}
 		out, _ = json.Marshal(ev)
 	}
 	return out
