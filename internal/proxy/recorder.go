@@ -47,6 +47,7 @@ type Recorder struct {
 	}
 
 	reminted map[string]string // old id → fresh id, for events held longer than the ledger's idempotency window
+	commitQ  chan *commitReq
 
 	quit chan struct{}
 	done chan struct{}
@@ -57,7 +58,11 @@ func NewRecorder(sink Sink, spool *Spool, policy string, logger *slog.Logger) *R
 	if logger == nil {
 		logger = slog.Default()
 	}
-	r := &Recorder{sink: sink, spool: spool, policy: policy, log: logger, quit: make(chan struct{}), done: make(chan struct{})}
+	r := &Recorder{sink: sink, spool: spool, policy: policy, log: logger, quit: make(chan struct{}), done: make(chan struct{}),
+		commitQ: make(chan *commitReq, 4096)}
+	for i := 0; i < committers; i++ {
+		go r.commitLoop()
+	}
 	if spool.Backlog() {
 		// Events left by an earlier run were not delivered: that is an outage, recorded once they are.
 		r.outageFrom.Store(time.Now().UnixNano())
@@ -75,10 +80,65 @@ func (r *Recorder) Policy() string { return r.policy }
 // waits in the spool.
 func (r *Recorder) Available() bool { return !r.down.Load() && !r.spool.Backlog() }
 
-// Commit appends one event and returns once it is durable in the ledger (fail-closed). A rejected event is
-// replaced by a substitute that says why, which is committed instead; the caller still gets an error.
+// commitReq is one event waiting for a group append.
+type commitReq struct {
+	ev   []byte
+	done chan error
+}
+
+// committers is how many group appends run at once; each takes whatever events are waiting (up to 512), so
+// concurrent calls share one ledger request and one group commit.
+const committers = 4
+
+func (r *Recorder) commitLoop() {
+	for {
+		var first *commitReq
+		select {
+		case first = <-r.commitQ:
+		case <-r.quit:
+			return
+		}
+		batch := []*commitReq{first}
+	fill:
+		for len(batch) < 512 {
+			select {
+			case c := <-r.commitQ:
+				batch = append(batch, c)
+			default:
+				break fill
+			}
+		}
+		evs := make([][]byte, len(batch))
+		for i, c := range batch {
+			evs[i] = c.ev
+		}
+		err := r.sink.Append(context.Background(), evs)
+		var rj *Rejected
+		if errors.As(err, &rj) && len(batch) > 1 {
+			// One event spoiled the batch: each goes on its own, so only that one is refused.
+			for _, c := range batch {
+				c.done <- r.sink.Append(context.Background(), [][]byte{c.ev})
+			}
+			continue
+		}
+		for _, c := range batch {
+			c.done <- err
+		}
+	}
+}
+
+// Commit appends one event and returns once it is durable in the ledger (fail-closed). Concurrent calls are
+// grouped into one append. A rejected event is replaced by a substitute that says why, which is committed
+// instead; the caller still gets an error.
 func (r *Recorder) Commit(ctx context.Context, ev []byte) error {
-	err := r.sink.Append(ctx, [][]byte{ev})
+	c := &commitReq{ev: ev, done: make(chan error, 1)}
+	var err error
+	select {
+	case r.commitQ <- c:
+		err = <-c.done
+	case <-r.quit:
+		err = errors.New("recorder is closed")
+	}
 	var rj *Rejected
 	if errors.As(err, &rj) {
 		r.Stats.Substituted.Add(1)
