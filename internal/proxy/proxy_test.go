@@ -500,3 +500,25 @@ func TestSpoolOlderThanIdempotencyWindow(t *testing.T) {
 		t.Fatalf("content lost: %s %s", evs[0].Payload["input"], evs[1].Payload["output"])
 	}
 }
+
+// TestSpoolWriteFailureKeepsEvents: when the spool cannot take events (here: closed, as a full disk would
+// refuse them), they are kept in memory and delivered, not dropped.
+func TestSpoolWriteFailureKeepsEvents(t *testing.T) {
+	r := newRig(t, SpoolPolicy, Config{}, oipUpstream())
+	r.rec.spool.Close()
+	for i := 0; i < 5; i++ {
+		body := fmt.Sprintf(`{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[%d]}]}`, i)
+		if resp, _ := post(t, r.proxy.URL+"/v2/models/iris/infer", "application/json", body); resp.StatusCode != 200 {
+			t.Fatalf("status %d", resp.StatusCode)
+		}
+	}
+	evs := r.waitEvents(t, 5)
+	for i, e := range evs[:5] {
+		if got := string(e.Payload["input"]); got != fmt.Sprintf(`{"x":[%d]}`, i) {
+			t.Fatalf("event %d holds %s", i, got)
+		}
+	}
+	if r.rec.Stats.InMemory.Load() != 5 {
+		t.Errorf("%d events went through memory, want 5", r.rec.Stats.InMemory.Load())
+	}
+}

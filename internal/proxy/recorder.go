@@ -43,11 +43,13 @@ type Recorder struct {
 	mu         sync.Mutex   // serialises direct appends with gap records
 
 	Stats struct {
-		Recorded, Spooled, Shipped, Substituted, Failures atomic.Int64
+		Recorded, Spooled, Shipped, Substituted, Failures, InMemory atomic.Int64
 	}
 
 	reminted map[string]string // old id → fresh id, for events held longer than the ledger's idempotency window
 	commitQ  chan *commitReq
+	memMu    sync.Mutex
+	mem      [][]byte // events the spool could not take (disk full), in order
 
 	quit chan struct{}
 	done chan struct{}
@@ -78,7 +80,7 @@ func (r *Recorder) Policy() string { return r.policy }
 
 // Available reports whether a fail-closed call may be forwarded: the ledger took the last write and nothing
 // waits in the spool.
-func (r *Recorder) Available() bool { return !r.down.Load() && !r.spool.Backlog() }
+func (r *Recorder) Available() bool { return !r.down.Load() && !r.spool.Backlog() && !r.memBacklog() }
 
 // commitReq is one event waiting for a group append.
 type commitReq struct {
@@ -169,12 +171,53 @@ func (r *Recorder) Refused() { r.refused.Add(1) }
 
 // Defer writes an event to the spool, to be delivered in order; wait makes it durable on local disk first.
 func (r *Recorder) Defer(ev []byte) error {
-	if err := r.spool.Put(ev, false); err != nil {
-		r.log.Error("spool write failed: event kept in memory only until delivered", "err", err)
-		return err
+	r.memMu.Lock()
+	defer r.memMu.Unlock()
+	if len(r.mem) == 0 {
+		err := r.spool.Put(ev, false)
+		if err == nil {
+			r.Stats.Spooled.Add(1)
+			return nil
+		}
+		r.log.Error("spool write failed: events are kept in memory until the spool or the ledger takes them", "err", err)
 	}
-	r.Stats.Spooled.Add(1)
+	// Behind events the spool could not take: keep the order, in memory, until the shipper moves them on.
+	r.mem = append(r.mem, ev)
+	r.Stats.InMemory.Add(1)
+	select {
+	case r.spool.wake <- struct{}{}:
+	default:
+	}
 	return nil
+}
+
+// drainMemory moves events the spool could not take back into it, or, failing that, straight to the ledger.
+func (r *Recorder) drainMemory() error {
+	r.memMu.Lock()
+	defer r.memMu.Unlock()
+	for len(r.mem) > 0 {
+		if err := r.spool.Put(r.mem[0], false); err != nil {
+			if r.spool.Backlog() {
+				return err // the spooled events come first
+			}
+			if err := r.appendAll(append([][]byte(nil), r.mem...)); err != nil {
+				return err
+			}
+			r.Stats.Shipped.Add(int64(len(r.mem)))
+			r.mem = nil
+			return nil
+		}
+		r.Stats.Spooled.Add(1)
+		r.mem = r.mem[1:]
+	}
+	r.mem = nil
+	return nil
+}
+
+func (r *Recorder) memBacklog() bool {
+	r.memMu.Lock()
+	defer r.memMu.Unlock()
+	return len(r.mem) > 0
 }
 
 // Close stops the shipper after one last delivery attempt.
@@ -191,7 +234,7 @@ func (r *Recorder) ship() {
 		err := r.deliver()
 		if err == nil {
 			backoff = 50 * time.Millisecond
-			if !r.spool.Backlog() {
+			if !r.spool.Backlog() && !r.memBacklog() {
 				select {
 				case <-r.quit:
 					return
@@ -218,6 +261,9 @@ func (r *Recorder) ship() {
 
 // deliver sends what the spool holds, then, after an outage, the gap record.
 func (r *Recorder) deliver() error {
+	if err := r.drainMemory(); err != nil {
+		return err
+	}
 	for {
 		recs, pos, err := r.spool.Next(512)
 		if err != nil {
