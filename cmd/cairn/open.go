@@ -31,22 +31,28 @@ type ledgerOptions struct {
 // openLedger opens (creating on first start) an instance's configuration, keys, store and ledger, saying on
 // stdout which keys it created. The caller holds the data directory's lock and closes the ledger.
 func openLedger(ctx context.Context, p paths, o ledgerOptions, stdout io.Writer) (*ledger.Ledger, instanceConfig, error) {
+	l, cfg, _, err := openLedgerKeys(ctx, p, o, stdout)
+	return l, cfg, err
+}
+
+// openLedgerKeys is openLedger that also returns the keyring, for derived secrets.
+func openLedgerKeys(ctx context.Context, p paths, o ledgerOptions, stdout io.Writer) (*ledger.Ledger, instanceConfig, *seal.Keyring, error) {
 	cfg, _, err := loadConfig(p, o.origin, true)
 	if err != nil {
-		return nil, cfg, err
+		return nil, cfg, nil, err
 	}
 	sk, skNew, err := ledger.LoadSigningKey(p.signingKey, true)
 	if err != nil {
-		return nil, cfg, err
+		return nil, cfg, nil, err
 	}
 	if _, err := os.Stat(p.publicKey()); skNew || errors.Is(err, fs.ErrNotExist) {
 		if err := writePublicKey(p, sk.Public().(ed25519.PublicKey)); err != nil {
-			return nil, cfg, err
+			return nil, cfg, nil, err
 		}
 	}
 	kek, kekNew, err := seal.LoadKEK(p.kek, true)
 	if err != nil {
-		return nil, cfg, err
+		return nil, cfg, nil, err
 	}
 	if skNew {
 		fmt.Fprintf(stdout, "created signing key:      %s (public key: %s)\n", p.signingKey, p.publicKey())
@@ -63,7 +69,7 @@ func openLedger(ctx context.Context, p paths, o ledgerOptions, stdout io.Writer)
 	}
 	keys, err := seal.OpenKeyring(kr, kek)
 	if err != nil {
-		return nil, cfg, err
+		return nil, cfg, nil, err
 	}
 	var st store.Store
 	if o.storeURL != "" {
@@ -72,12 +78,12 @@ func openLedger(ctx context.Context, p paths, o ledgerOptions, stdout io.Writer)
 		st, err = local.Open(p.data, local.Options{Logger: o.logger})
 	}
 	if err != nil {
-		return nil, cfg, err
+		return nil, cfg, nil, err
 	}
 	l, err := ledger.Open(ctx, ledger.Config{Origin: cfg.Origin, CheckpointInterval: o.cpInterval, DedupWindow: o.dedup, Logger: o.logger}, st, keys, sk)
 	if err != nil {
 		st.Close()
-		return nil, cfg, err
+		return nil, cfg, nil, err
 	}
-	return l, cfg, nil
+	return l, cfg, keys, nil
 }

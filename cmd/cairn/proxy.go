@@ -2,11 +2,14 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
@@ -19,6 +22,7 @@ import (
 	"time"
 
 	"github.com/cairn-ai/cairn/client"
+	"github.com/cairn-ai/cairn/internal/atomicfile"
 	"github.com/cairn-ai/cairn/internal/ledger"
 	"github.com/cairn-ai/cairn/internal/proxy"
 	"github.com/cairn-ai/cairn/internal/system"
@@ -48,6 +52,7 @@ func cmdProxy(args []string, stdout, stderr io.Writer) error {
 	policy := fs.String("failure-policy", "", "fail-closed or spool; default: the system definition's capture.failure_policy, else fail-closed")
 	spoolDir := fs.String("spool", "", "spool directory (default DATA/spool/S in-process, ./cairn-spool/S otherwise)")
 	spoolSync := fs.Duration("spool-sync", 10*time.Millisecond, "how often the spool is fsync'd")
+	spoolKeyFile := fs.String("spool-key", "", "file of the key encrypting the spool, created if missing (default: SPOOL.key; with --data the key is derived from the instance's keyring)")
 	maxCapture := fs.Int("max-capture", 256<<10, "largest input or output recorded as content; larger ones by digest")
 	insecure := fs.Bool("insecure", false, "allow listening on a non-loopback address")
 	data := fs.String("data", "", "record in this process, in this data directory (as 'cairn serve' would; not while a server uses it)")
@@ -78,6 +83,7 @@ func cmdProxy(args []string, stdout, stderr io.Writer) error {
 
 	var sink proxy.Sink
 	var defPolicy string
+	var spoolKey []byte
 	where := ""
 	if *data != "" {
 		p := defaultPaths(*data, *signingKey, *kekPath)
@@ -89,11 +95,16 @@ func cmdProxy(args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 		defer unlock()
-		l, _, err := openLedger(ctx, p, ledgerOptions{logger: logger}, stdout)
+		l, _, keys, err := openLedgerKeys(ctx, p, ledgerOptions{logger: logger}, stdout)
 		if err != nil {
 			return err
 		}
 		defer l.Close()
+		if *spoolKeyFile == "" {
+			if spoolKey, err = keys.Secret("proxy-spool"); err != nil {
+				return err
+			}
+		}
 		if *register != "" {
 			if err := registerFile(ctx, l, *register); err != nil {
 				return err
@@ -133,7 +144,19 @@ func cmdProxy(args []string, stdout, stderr io.Writer) error {
 	case pol == "":
 		pol = proxy.FailClosed
 	}
-	sp, err := proxy.OpenSpool(*spoolDir, *spoolSync)
+	if spoolKey == nil {
+		if *spoolKeyFile == "" {
+			*spoolKeyFile = filepath.Clean(*spoolDir) + ".key"
+		}
+		var created bool
+		if spoolKey, created, err = loadSpoolKey(*spoolKeyFile); err != nil {
+			return err
+		}
+		if created {
+			fmt.Fprintf(stdout, "created spool key: %s (it decrypts the spool's events: keep it apart from the spool, like the KEK)\n", *spoolKeyFile)
+		}
+	}
+	sp, err := proxy.OpenSpool(*spoolDir, spoolKey, *spoolSync)
 	if err != nil {
 		return fmt.Errorf("spool: %w", err)
 	}
@@ -165,6 +188,30 @@ func cmdProxy(args []string, stdout, stderr io.Writer) error {
 	defer cancel()
 	srv.Shutdown(sctx)
 	return nil
+}
+
+// loadSpoolKey reads a 32-byte spool key (hex) from a file, creating it when missing.
+func loadSpoolKey(file string) ([]byte, bool, error) {
+	b, err := os.ReadFile(file)
+	if errors.Is(err, fs.ErrNotExist) {
+		k := make([]byte, 32)
+		rand.Read(k)
+		if err := os.MkdirAll(filepath.Dir(file), 0o700); err != nil {
+			return nil, false, err
+		}
+		if err := atomicfile.Write(file, []byte(hex.EncodeToString(k)+"\n"), 0o600); err != nil {
+			return nil, false, err
+		}
+		return k, true, nil
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	k, err := hex.DecodeString(strings.TrimSpace(string(b)))
+	if err != nil || len(k) != 32 {
+		return nil, false, fmt.Errorf("%s: not a spool key (64 hex digits)", file)
+	}
+	return k, false, nil
 }
 
 // registerFile applies a system definition file to an in-process ledger.

@@ -3,6 +3,7 @@ package bench
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"fmt"
 	"io"
 	"log/slog"
@@ -134,6 +135,13 @@ func RunProxy(ctx context.Context, o ProxyOptions) (*ProxyReport, error) {
 	return rep, nil
 }
 
+// spoolKey is a fresh key for a benchmark's spool.
+func spoolKey() []byte {
+	k := make([]byte, 32)
+	rand.Read(k)
+	return k
+}
+
 type overheadKey struct{}
 
 // timedTransport records how long each upstream round trip took, body included, in the request's context slot.
@@ -175,7 +183,7 @@ func proxyMode(ctx context.Context, client *http.Client, upstream, policy string
 		return nil, err
 	}
 	defer env.Close()
-	sp, err := proxy.OpenSpool(filepath.Join(dir, "spool"), 0)
+	sp, err := proxy.OpenSpool(filepath.Join(dir, "spool"), spoolKey(), 0)
 	if err != nil {
 		return nil, err
 	}

@@ -21,7 +21,7 @@ func (fixedTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 
 func benchProxy(b *testing.B, policy string) {
 	l := testLedger(b, "")
-	sp, err := OpenSpool(b.TempDir(), 0)
+	sp, err := OpenSpool(b.TempDir(), testSpoolKey(), 0)
 	if err != nil {
 		b.Fatal(err)
 	}

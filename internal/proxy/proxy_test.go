@@ -51,6 +51,12 @@ func testLedger(t testing.TB, policy string) *ledger.Ledger {
 	return l
 }
 
+func testSpoolKey() []byte {
+	k := make([]byte, 32)
+	rand.Read(k)
+	return k
+}
+
 // recorded is an event read back from the log, its payload opened.
 type recorded struct {
 	Index    uint64
@@ -137,7 +143,7 @@ func newRigURL(t *testing.T, policy string, cfg Config, upstream string, fieldPo
 	t.Helper()
 	r := &rig{l: testLedger(t, strings.Join(fieldPolicy, ""))}
 	r.sink = &switchSink{Sink: &LedgerSink{Ledger: r.l, System: "credit", Actor: "proxy"}}
-	sp, err := OpenSpool(t.TempDir(), 0)
+	sp, err := OpenSpool(t.TempDir(), testSpoolKey(), 0)
 	if err != nil {
 		t.Fatal(err)
 	}

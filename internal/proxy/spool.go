@@ -1,6 +1,9 @@
 package proxy
 
 import (
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/rand"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -22,7 +25,11 @@ import (
 // (length, CRC-32C) in numbered segment files; a cursor file says how far the records were delivered. A record
 // is in the file (the page cache) when Put returns, so a crash of the process loses nothing; it is fsync'd by a
 // background syncer within the sync interval, or before Put returns when asked to wait.
+//
+// Events hold personal data before the ledger pseudonymises and seals them, so every record is encrypted
+// (AES-256-GCM under the spool key, random nonce); nothing personal reaches the disk in clear.
 type Spool struct {
+	aead     cipher.AEAD
 	dir      string
 	maxSeg   int64
 	interval time.Duration
@@ -51,15 +58,27 @@ var crcTable = crc32.MakeTable(crc32.Castagnoli)
 
 const spoolHeader = 8
 
-// OpenSpool opens (creating) a spool directory, cuts a torn tail off its newest segment and starts the syncer.
-func OpenSpool(dir string, syncInterval time.Duration) (*Spool, error) {
+// OpenSpool opens (creating) a spool directory whose records are encrypted under key (32 bytes), cuts a torn
+// tail off its newest segment and starts the syncer.
+func OpenSpool(dir string, key []byte, syncInterval time.Duration) (*Spool, error) {
 	if syncInterval <= 0 {
 		syncInterval = 10 * time.Millisecond
+	}
+	if len(key) != 32 {
+		return nil, errors.New("spool key must be 32 bytes")
+	}
+	block, err := aes.NewCipher(key)
+	if err != nil {
+		return nil, err
+	}
+	aead, err := cipher.NewGCM(block)
+	if err != nil {
+		return nil, err
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
-	s := &Spool{dir: dir, maxSeg: 64 << 20, interval: syncInterval, wake: make(chan struct{}, 1),
+	s := &Spool{aead: aead, dir: dir, maxSeg: 64 << 20, interval: syncInterval, wake: make(chan struct{}, 1),
 		quit: make(chan struct{}), done: make(chan struct{})}
 	s.cond = sync.NewCond(&s.mu)
 	gens, err := s.segments()
@@ -168,10 +187,13 @@ func frame(b []byte) ([]byte, int) {
 
 // Put appends a record. With wait it returns only once the record is fsync'd.
 func (s *Spool) Put(rec []byte, wait bool) error {
-	buf := make([]byte, spoolHeader+len(rec))
-	binary.LittleEndian.PutUint32(buf, uint32(len(rec)))
-	binary.LittleEndian.PutUint32(buf[4:], crc32.Checksum(rec, crcTable))
-	copy(buf[spoolHeader:], rec)
+	ns := s.aead.NonceSize()
+	buf := make([]byte, spoolHeader+ns, spoolHeader+ns+len(rec)+s.aead.Overhead())
+	rand.Read(buf[spoolHeader : spoolHeader+ns])
+	buf = s.aead.Seal(buf, buf[spoolHeader:spoolHeader+ns], rec, nil)
+	body := buf[spoolHeader:]
+	binary.LittleEndian.PutUint32(buf, uint32(len(body)))
+	binary.LittleEndian.PutUint32(buf[4:], crc32.Checksum(body, crcTable))
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -326,12 +348,20 @@ func (s *Spool) Next(max int) ([][]byte, Pos, error) {
 		}
 		var out [][]byte
 		off := 0
+		ns := s.aead.NonceSize()
 		for len(out) < max {
 			rec, k := frame(buf[off:])
 			if k == 0 {
 				break
 			}
-			out = append(out, rec)
+			if len(rec) < ns {
+				return nil, Pos{}, fmt.Errorf("spool record at %d:%d is too short", s.rgen, s.roff+int64(off))
+			}
+			pt, err := s.aead.Open(nil, rec[:ns], rec[ns:], nil)
+			if err != nil {
+				return nil, Pos{}, fmt.Errorf("spool record at %d:%d does not decrypt under the spool key", s.rgen, s.roff+int64(off))
+			}
+			out = append(out, pt)
 			off += k
 		}
 		if len(out) == 0 {
