@@ -142,6 +142,11 @@ func (c *Client) ApplySystem(ctx context.Context, def []byte) (json.RawMessage, 
 	return b, err
 }
 
+// System reads a system's current definition (auditor role).
+func (c *Client) System(ctx context.Context, system string) (json.RawMessage, error) {
+	return c.do(ctx, "GET", "/v1/systems/"+system, nil, true)
+}
+
 // EventRecord is an event as read back, with its inclusion proof.
 type EventRecord struct {
 	Index      uint64          `json:"index"`

@@ -32,6 +32,9 @@ func cmdBench(args []string, stdout, stderr io.Writer) error {
 	if len(args) > 0 && args[0] == "loadgen" {
 		return benchLoadgen(os.Stdin, stdout)
 	}
+	if len(args) > 0 && args[0] == "proxy" {
+		return benchProxy(args[1:], stdout, stderr)
+	}
 	d := bench.Defaults
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)

@@ -25,6 +25,7 @@ Usage:
   cairn reidentify --system S --purpose TEXT PN...             reverse vaulted pseudonyms (dpo; recorded first)
   cairn vault   erase --domain D (--pseudonym PN | --value V)  forget a subject: delete its token-vault entries
   cairn retention run|report|hold|release --data DIR ...       archive, crypto-shred and report by schedule; legal holds
+  cairn proxy   --upstream URL --system S [--data DIR|--url URL] record every call to a model server
   cairn bench   [flags]                                        measure ingest, proofs and storage
   cairn version
 
@@ -55,6 +56,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		"reidentify": cmdReidentify,
 		"vault":      cmdVault,
 		"retention":  cmdRetention,
+		"proxy":      cmdProxy,
 		"bench":      cmdBench,
 		"version":    func([]string, io.Writer, io.Writer) error { fmt.Fprintln(stdout, "cairn", version); return nil },
 	}

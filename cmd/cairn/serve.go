@@ -2,10 +2,8 @@ package main
 
 import (
 	"context"
-	"crypto/ed25519"
 	"crypto/tls"
 	"crypto/x509"
-	"database/sql"
 	"errors"
 	"flag"
 	"fmt"
@@ -21,16 +19,11 @@ import (
 	"time"
 
 	jsonv2 "github.com/go-json-experiment/json"
-	_ "github.com/jackc/pgx/v5/stdlib" // database/sql driver "pgx", for the token vault in PostgreSQL
 
 	"github.com/cairn-ai/cairn/internal/api"
 	"github.com/cairn-ai/cairn/internal/atomicfile"
 	"github.com/cairn-ai/cairn/internal/ledger"
 	"github.com/cairn-ai/cairn/internal/retention"
-	"github.com/cairn-ai/cairn/internal/seal"
-	"github.com/cairn-ai/cairn/internal/store"
-	"github.com/cairn-ai/cairn/internal/store/local"
-	"github.com/cairn-ai/cairn/internal/store/pg"
 	"github.com/cairn-ai/cairn/internal/system"
 	"github.com/cairn-ai/cairn/internal/vault"
 )
@@ -85,24 +78,7 @@ func cmdServe(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer unlock()
-	cfg, created, err := loadConfig(p, *origin, true)
-	if err != nil {
-		return err
-	}
-	sk, skNew, err := ledger.LoadSigningKey(p.signingKey, true)
-	if err != nil {
-		return err
-	}
-	if skNew || created {
-		if err := writePublicKey(p, sk.Public().(ed25519.PublicKey)); err != nil {
-			return err
-		}
-	}
-	if err := checkNotRetired(p, sk.Public().(ed25519.PublicKey)); err != nil {
-		return err
-	}
-	kek, kekNew, err := seal.LoadKEK(p.kek, true)
-	if err != nil {
+	if _, _, err := loadConfig(p, *origin, true); err != nil {
 		return err
 	}
 	tokens, err := api.LoadTokens(p.tokens())
@@ -119,72 +95,16 @@ func cmdServe(args []string, stdout, stderr io.Writer) error {
 		}
 		fmt.Fprintf(stdout, "created admin token:      %s\n", p.adminToken())
 	}
-	if skNew {
-		fmt.Fprintf(stdout, "created signing key:      %s (public key: %s)\n", p.signingKey, p.publicKey())
-	}
-	if kekNew {
-		fmt.Fprintf(stdout, "created key-encryption key: %s\n", p.kek)
-	}
-	if skNew || kekNew {
-		fmt.Fprintln(stdout, "in production keep the signing key and the KEK outside the data directory (--signing-key, --kek)")
-	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	var (
-		st store.Store
-		ks seal.KeyStore
-	)
-	if *storeURL != "" {
-		var ps *pg.Store
-		ps, err = pg.Open(ctx, *storeURL, pg.Options{Logger: logger})
-		// Nodes over one database share its keyring (wrapped by the KEK they share), unless --keyring says otherwise.
-		st, ks = ps, ps.Keys()
-	} else {
-		st, err = local.Open(p.data, local.Options{Logger: logger})
-	}
+	op, err := openLedger(ctx, p, ledgerOptions{origin: *origin, keyringDir: *keyringDir, storeURL: *storeURL,
+		vaultKey: *vaultKey, vaultStore: *vaultStore, cpInterval: *cpInterval, dedup: *dedup, logger: logger}, stdout)
 	if err != nil {
 		return err
 	}
-	if *keyringDir != "" || ks == nil {
-		kr := p.keyring()
-		if *keyringDir != "" {
-			kr = *keyringDir
-		}
-		if ks, err = seal.NewFileKeyStore(kr); err != nil {
-			st.Close()
-			return err
-		}
-	}
-	if ps, ok := ks.(*pg.KeyStore); ok {
-		if err := checkKeysMoved(ctx, st, ps); err != nil {
-			st.Close()
-			return err
-		}
-	}
-	keys := seal.NewKeyring(ks, kek)
-	// The token vault: a file of the data directory, or — for nodes sharing a PostgreSQL store, which must share
-	// one vault — a PostgreSQL schema of its own. Nodes over PostgreSQL without --vault-store run without a vault,
-	// and refuse vault policies.
-	lcfg := ledger.Config{Origin: cfg.Origin, CheckpointInterval: *cpInterval, DedupWindow: *dedup, Logger: logger}
-	vlt, err := openVault(p, *vaultKey, *vaultStore, *storeURL != "", stdout)
-	if err != nil {
-		st.Close()
-		return err
-	}
+	l, cfg, keys, vlt := op.l, op.cfg, op.keys, op.vault
 	if vlt != nil {
 		defer vlt.Close()
-		lcfg.Vault = vlt
-	}
-	l, err := ledger.Open(ctx, lcfg, st, keys, sk)
-	if err != nil {
-		st.Close()
-		return err
-	}
-	if n, err := recordPendingAdmin(ctx, p, l); err != nil {
-		l.Close()
-		return err
-	} else if n > 0 {
-		logger.Info("recorded offline administration in _admin", "records", n)
 	}
 	idx, stopIndex, err := startIndex(ctx, p, l, logger)
 	if err != nil {
@@ -309,35 +229,6 @@ func loadOIDC(path string) (*api.OIDC, error) {
 		return nil, fmt.Errorf("%s: %v", path, err)
 	}
 	return o, nil
-}
-
-// openVault opens the token vault: in PostgreSQL when vaultStore is set, else in DATA/vault unless the logs are in
-// PostgreSQL (several nodes cannot share a file). The key is created on first use only for a vault that is new.
-func openVault(p paths, keyFlag, vaultStore string, sharedStore bool, stdout io.Writer) (*vault.Vault, error) {
-	if vaultStore == "" && sharedStore {
-		return nil, nil
-	}
-	keyPath := p.vaultKeyPath(keyFlag)
-	vk, vkNew, err := vault.LoadKey(keyPath, true)
-	if err != nil {
-		return nil, err
-	}
-	if vkNew {
-		fmt.Fprintf(stdout, "created token vault key:  %s\n", keyPath)
-	}
-	if vaultStore == "" {
-		return vault.Open(p.vault(), vk)
-	}
-	db, err := sql.Open("pgx", vaultStore)
-	if err != nil {
-		return nil, err
-	}
-	v, err := vault.OpenPostgres(db, vk)
-	if err != nil {
-		db.Close()
-		return nil, err
-	}
-	return v, nil
 }
 
 // vaultSubjects erases a data subject through the token vault, for retention: the vault entries behind a

@@ -120,7 +120,7 @@ var Specs = map[string]*Spec{
 		"member_states":   {Kind: KindStrings},
 		"logging_profile": {Kind: KindString},
 	})},
-	"inference": {Class: ClassLog, NeedModel: true, RequireOneOf: []string{"payload.output", "error_code"}, Attrs: attrs(map[string]Attr{
+	"inference": {Class: ClassLog, NeedModel: true, RequireOneOf: []string{"payload.output", "error_code", "part"}, Attrs: attrs(map[string]Attr{
 		"confidence":            {Kind: KindNumber},
 		"latency_ms":            {Kind: KindNonNegative},
 		"ttfb_ms":               {Kind: KindNonNegative},
@@ -139,6 +139,15 @@ var Specs = map[string]*Spec{
 		"protocol":              {Kind: KindString},
 		"traceparent":           {Kind: KindString},
 		"served_model":          {Kind: KindString},
+		// Recorded by the capture proxy and the SDKs (docs/capture.md).
+		"served_version":    {Kind: KindString},
+		"requested_model":   {Kind: KindString},
+		"requested_version": {Kind: KindString},
+		"outcome":           {Kind: KindString, Enum: []string{"ok", "error_client", "error_server", "error_in_stream", "upstream_unreachable", "client_cancelled", "withheld", "refused", "capture_rejected"}},
+		"usage":             {Kind: KindNumberMap},
+		// part splits a streamed call: "request" is recorded before the upstream is called and needs no output;
+		// "completion" refers to it and holds the output.
+		"part": {Kind: KindString, Enum: []string{"request", "completion"}},
 	})},
 	"oversight": {Class: ClassLog, NeedRefs: true, Require: []string{"action"}, Attrs: attrs(map[string]Attr{
 		"action":        {Kind: KindString, Enum: []string{"viewed", "confirmed", "overridden", "escalated", "stopped", "verified", "rejected", "reversed", "disregarded", "flagged_anomaly"}},

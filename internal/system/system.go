@@ -49,6 +49,17 @@ type Definition struct {
 	Oversight   jsontext.Value `json:"oversight,omitzero"`
 	Monitoring  jsontext.Value `json:"monitoring,omitzero"`
 	Gates       jsontext.Value `json:"gates,omitzero"`
+	// Capture configures automatic inference capture (docs/capture.md): {"failure_policy": "fail-closed" | "spool"}.
+	Capture jsontext.Value `json:"capture,omitzero"`
+}
+
+// FailurePolicy returns the capture failure policy the definition sets, or "" when it sets none.
+func (d *Definition) FailurePolicy() string {
+	var c struct {
+		FailurePolicy string `json:"failure_policy"`
+	}
+	json.Unmarshal(d.Capture, &c)
+	return c.FailurePolicy
 }
 
 var slugRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,63}$`)
@@ -106,9 +117,21 @@ func Parse(b []byte) (*Definition, []byte, error) {
 	for name, v := range map[string]jsontext.Value{
 		"/provider_info": d.ProviderInfo, "/field_policy": d.FieldPolicy, "/retention": d.Retention,
 		"/lifecycle": d.Lifecycle, "/oversight": d.Oversight, "/monitoring": d.Monitoring, "/gates": d.Gates,
+		"/capture": d.Capture,
 	} {
 		if len(v) > 0 && v.Kind() != '{' {
 			return nil, nil, &FieldError{Field: name, Reason: "must be an object"}
+		}
+	}
+	if len(d.Capture) > 0 {
+		var c struct {
+			FailurePolicy string `json:"failure_policy"`
+		}
+		if err := json.Unmarshal(d.Capture, &c, json.RejectUnknownMembers(true)); err != nil {
+			return nil, nil, &FieldError{Field: "/capture", Reason: "unknown member or wrong type (failure_policy)"}
+		}
+		if c.FailurePolicy != "" && c.FailurePolicy != "fail-closed" && c.FailurePolicy != "spool" {
+			return nil, nil, &FieldError{Field: "/capture/failure_policy", Reason: "must be fail-closed or spool"}
 		}
 	}
 	return &d, c, nil
