@@ -3,11 +3,13 @@ package ledger
 import (
 	"context"
 	"crypto/rand"
+	"encoding/json"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"hash"
+	"math"
 	"slices"
 	"strings"
 	"sync"
@@ -18,6 +20,7 @@ import (
 	"golang.org/x/mod/sumdb/tlog"
 
 	"github.com/cairn-ai/cairn/internal/event"
+	"github.com/cairn-ai/cairn/internal/lifecycle"
 	"github.com/cairn-ai/cairn/internal/pseudo"
 	"github.com/cairn-ai/cairn/internal/seal"
 	"github.com/cairn-ai/cairn/internal/store"
@@ -124,6 +127,10 @@ type Log struct {
 
 	defMu sync.Mutex // serialises registrations
 	def   atomic.Pointer[CurrentDefinition]
+
+	// life holds the facts the lifecycle rules are decided against; the sequencer decides and records each
+	// lifecycle event in it as it orders it (speculatively, like the dedup map: undone when a batch is not stored).
+	life *lifecycle.State
 }
 
 type publishedCheckpoint struct {
@@ -143,6 +150,7 @@ func newLog(ctx context.Context, l *Ledger, name string, sl store.Log) (*Log, er
 		dedup:  map[event.UUID]dedupEntry{},
 		cpWake: make(chan struct{}, 1), cpDone: make(chan struct{}),
 		followWake: make(chan struct{}, 1),
+		life:       lifecycle.NewState(),
 	}
 	if sh, ok := sl.(store.Shared); ok && sh.Shared() {
 		lg.shared = true
@@ -184,6 +192,9 @@ func newLog(ctx context.Context, l *Ledger, name string, sl store.Log) (*Log, er
 		return nil, err
 	}
 	if err := lg.loadDedup(ctx); err != nil {
+		return nil, err
+	}
+	if err := lg.loadLifecycle(ctx, 0, n); err != nil {
 		return nil, err
 	}
 	go lg.sequence()
@@ -233,6 +244,11 @@ func (lg *Log) setDefinitionFrom(ctx context.Context, index uint64) error {
 		return fmt.Errorf("system definition at %d: %w", index, err)
 	}
 	cd := &CurrentDefinition{Definition: d, Canonical: c, Index: index}
+	rules, err := lifecycle.ParseRules(d.Lifecycle)
+	if err != nil {
+		return fmt.Errorf("lifecycle rules at %d: %w", index, err)
+	}
+	lg.life.SetRules(rules)
 	if len(d.FieldPolicy) > 0 {
 		if cd.Policy, err = pseudo.Parse(d.FieldPolicy); err != nil {
 			return fmt.Errorf("field policy at %d: %w", index, err)
@@ -240,6 +256,38 @@ func (lg *Log) setDefinitionFrom(ctx context.Context, index uint64) error {
 	}
 	lg.def.Store(cd)
 	return nil
+}
+
+// loadLifecycle records the facts of the tracked events among entries [from, to) in the lifecycle state, with the
+// rule violations they were marked with when they were sequenced. Opening a log reads it once for this.
+func (lg *Log) loadLifecycle(ctx context.Context, from, to uint64) error {
+	return lg.store.Entries(ctx, from, to, func(e *store.Entry) error {
+		lg.loadFact(e)
+		return nil
+	})
+}
+
+func (lg *Log) loadFact(e *store.Entry) {
+	if !lifecycle.Tracked(e.Type) || e.Envelope == nil {
+		return
+	}
+	s, err := event.ParseEnvelope(e.Envelope)
+	if err == nil {
+		var f *lifecycle.Fact
+		if f, err = lifecycle.FactFromEnvelope(e.Index, s); err == nil {
+			lg.life.Load(f)
+			return
+		}
+	}
+	// A damaged envelope is the verifier's business; the rules then treat the event as absent.
+	lg.l.cfg.Logger.Warn("lifecycle: unreadable envelope", "system", lg.name, "index", e.Index, "err", err)
+}
+
+// CheckLifecycle answers whether ev, appended now by actor, would comply with the system's lifecycle rules: the
+// rules it would break, or nil. Nothing is recorded. It answers on the sequencer's state, which may include
+// events being committed; the sequencer decides again when the event is appended.
+func (lg *Log) CheckLifecycle(ev *event.Event, actor string) []string {
+	return lg.life.Check(lifecycle.FactOf(ev, actor, math.MaxUint64))
 }
 
 // loadDedup rebuilds the idempotency map from the entries recorded within the dedup window.
@@ -381,6 +429,12 @@ func (lg *Log) sealFor(p *Prepared, t time.Time) error {
 		p.month = seal.Month(pk.ID)
 		p.env.Payload = &event.PayloadRef{Digest: c.Digest, Size: c.Size, Key: pk.ID, KeyCommit: c.KeyCommit}
 	}
+	p.encode()
+	return nil
+}
+
+// encode encodes the envelope around the recorded time and starts its digest under a fresh salt.
+func (p *Prepared) encode() {
 	// Head and tail share one buffer, sized for a typical envelope.
 	buf := make([]byte, 0, 512+len(p.env.Attrs)+len(p.env.Actor)+len(p.env.Deployment)+37*len(p.env.Refs))
 	buf = p.env.AppendHead(buf)
@@ -390,7 +444,33 @@ func (lg *Log) sealFor(p *Prepared, t time.Time) error {
 	p.digest = sha256.New()
 	p.digest.Write(p.salt[:])
 	p.digest.Write(p.head)
+}
+
+// markViolations marks a prepared event with the lifecycle rules it breaks (attrs.rule_violations) and
+// re-encodes its envelope.
+func (p *Prepared) markViolations(rules []string) error {
+	a, err := lifecycle.MarkAttrs(p.env.Attrs, rules)
+	if err != nil {
+		return fmt.Errorf("mark rule violations: %w", err)
+	}
+	p.env.Attrs = a
+	p.encode()
 	return nil
+}
+
+// ServerActor is the actor of events Cairn records on its own initiative, such as rule-violation alerts.
+const ServerActor = "cairn"
+
+// alertFor prepares the anomaly event that raises an alert about an event that breaks lifecycle rules.
+func (lg *Log) alertFor(p *Prepared, rules []string, now time.Time) (*Prepared, error) {
+	vs, _ := json.Marshal(rules)
+	raw := `{"type":"anomaly","refs":["` + p.ev.ID.String() + `"],"attrs":{"kind":"lifecycle_rule","severity":"warning","` +
+		event.RuleViolations + `":` + string(vs) + `}}`
+	ev, err := event.Parse(0, []byte(raw), now, event.DefaultLimits, true)
+	if err != nil {
+		return nil, fmt.Errorf("rule alert: %w", err)
+	}
+	return lg.Prepare(ev, ServerActor)
 }
 
 // Append submits prepared events as one unit and waits until they are durable: either every event gets a
@@ -589,9 +669,28 @@ func (lg *Log) build(reqs []*request) *built {
 					break
 				}
 			}
+			// Lifecycle rules are decided here, against every event ordered before this one.
+			var alert *Prepared
+			if lifecycle.Tracked(p.ev.Type) {
+				if rules := lg.life.Decide(lifecycle.FactOf(p.ev, p.env.Actor, idx)); len(rules) > 0 {
+					err := p.markViolations(rules)
+					if err == nil {
+						alert, err = lg.alertFor(p, rules, now)
+					}
+					if err != nil {
+						r.err = err
+						break
+					}
+				}
+			}
 			batch.Entries = append(batch.Entries, store.Entry{Index: idx, ID: p.ev.ID, Recorded: rec, Type: p.ev.Type,
 				Salt: p.salt, Sealed: p.sealed, ContentKey: p.contentKey})
 			preps = append(preps, p)
+			if alert != nil {
+				batch.Entries = append(batch.Entries, store.Entry{Index: idx + 1, ID: alert.ev.ID, Recorded: rec, Type: alert.ev.Type,
+					Salt: alert.salt})
+				preps = append(preps, alert)
+			}
 			if p.ev.IDGiven {
 				pendingIDs[p.ev.ID] = dedupEntry{index: idx, key: p.contentKey}
 				added = append(added, p.ev.ID)
@@ -604,6 +703,7 @@ func (lg *Log) build(reqs []*request) *built {
 		if r.err != nil {
 			// Undo this request: nothing of a rejected request is stored.
 			batch.Entries, preps = batch.Entries[:mark], preps[:mark]
+			lg.life.Forget(start + uint64(mark))
 			for _, id := range added {
 				delete(pendingIDs, id)
 			}
@@ -686,12 +786,14 @@ func (lg *Log) catchUp() {
 				delete(lg.dedup, id)
 			}
 		}
+		lg.life.Forget(durable)
 		sys, sysChanged := uint64(0), false
 		err := lg.store.Entries(ctx, durable, n, func(e *store.Entry) error {
 			if e.ContentKey != ([16]byte{}) {
 				lg.remember(e.ID, dedupEntry{index: e.Index, key: e.ContentKey})
 			}
 			lg.lastRecorded = max(lg.lastRecorded, e.Recorded)
+			lg.loadFact(e)
 			if e.Type == "system.registered" || e.Type == "system.updated" {
 				sys, sysChanged = e.Index, true
 			}
