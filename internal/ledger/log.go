@@ -3,9 +3,9 @@ package ledger
 import (
 	"context"
 	"crypto/rand"
-	"encoding/json"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"hash"

@@ -100,7 +100,9 @@ type Fact struct {
 }
 
 // Counts reports whether an approval counts: it approves and breaks no rule.
-func (f *Fact) Counts() bool { return f.Type == "approval" && f.Action == "approve" && len(f.Violations) == 0 }
+func (f *Fact) Counts() bool {
+	return f.Type == "approval" && f.Action == "approve" && len(f.Violations) == 0
+}
 
 // Tracked reports whether events of a type are kept in the State: the types a lifecycle reference may name.
 func Tracked(typ string) bool {
