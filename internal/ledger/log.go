@@ -116,6 +116,8 @@ type Log struct {
 	treeRoot tlog.Hash
 
 	followWake chan struct{} // wakes the log's followers (the query index) after each commit
+	subMu      sync.Mutex
+	subs       []chan struct{} // more followers (Subscribe)
 	cpWake     chan struct{}
 	cpDone     chan struct{}
 	published  atomic.Pointer[publishedCheckpoint]
@@ -880,6 +882,14 @@ func (lg *Log) commit() {
 			case lg.followWake <- struct{}{}:
 			default:
 			}
+			lg.subMu.Lock()
+			for _, ch := range lg.subs {
+				select {
+				case ch <- struct{}{}:
+				default:
+				}
+			}
+			lg.subMu.Unlock()
 		}
 	}
 }
@@ -948,6 +958,16 @@ func (lg *Log) appendBatch(ctx context.Context, b *store.Batch) error {
 
 // Committed fires (coalesced) after batches are committed; for a single follower such as the query index.
 func (lg *Log) Committed() <-chan struct{} { return lg.followWake }
+
+// Subscribe returns a channel that fires (coalesced) after batches are committed, for one more follower of the
+// log (the lineage registry, monitoring); each caller gets its own channel.
+func (lg *Log) Subscribe() <-chan struct{} {
+	ch := make(chan struct{}, 1)
+	lg.subMu.Lock()
+	lg.subs = append(lg.subs, ch)
+	lg.subMu.Unlock()
+	return ch
+}
 
 // Tree returns the size and root of the durable tree (which may be ahead of the published checkpoint).
 func (lg *Log) Tree() (uint64, tlog.Hash) {
@@ -1085,6 +1105,27 @@ func (lg *Log) Store() store.Log { return lg.store }
 
 // OpenPayload decrypts an entry's sealed payload. Callers must have recorded the access first.
 func (lg *Log) OpenPayload(e *store.Entry) ([]byte, error) { return OpenSealed(lg.l.keys, e) }
+
+// DisclosePayload returns an entry's per-event data key and ciphertext, so that one payload can be handed to an
+// auditor (seal.OpenDisclosed) without any period key. Callers must have recorded the access first.
+func (lg *Log) DisclosePayload(e *store.Entry) (dataKey, ciphertext []byte, err error) {
+	if e.Sealed == nil || e.Envelope == nil {
+		return nil, nil, errors.New("entry has no payload")
+	}
+	env, err := event.ParseEnvelope(e.Envelope)
+	if err != nil || env.Payload == nil {
+		return nil, nil, errors.New("entry has no payload")
+	}
+	kc, err := event.ParseSHA256(env.Payload.KeyCommit)
+	if err != nil {
+		return nil, nil, err
+	}
+	pk, err := lg.l.keys.Lookup(env.Payload.Key)
+	if err != nil {
+		return nil, nil, err
+	}
+	return seal.Disclose(pk, e.ID[:], e.Sealed, kc)
+}
 
 // OpenSealed decrypts an entry's sealed payload with the keyring, checking the data key against the
 // envelope's key commitment.
