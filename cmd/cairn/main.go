@@ -22,6 +22,10 @@ Usage:
   cairn token   list --data DIR | revoke --data DIR ID         list or revoke API tokens
   cairn keys    rotate --data DIR [--kek F] --new-kek F         re-wrap the keyring under a new key-encryption key
   cairn bench   [flags]                                        measure ingest, proofs and storage
+  cairn audit   live|models|lineage|reconstruct|check ...     model lifecycle and the tabletop audit
+  cairn export  --system S --event ID -o FILE                 write an event's evidence bundle
+  cairn verify  bundle [--vkey KEY] FILE                      check an evidence bundle offline
+  cairn mlflow  sync --mlflow-uri URL --system S [--watch D]  record MLflow runs, datasets, versions and aliases
   cairn version
 
 Run 'cairn COMMAND -h' for a command's flags.
@@ -49,6 +53,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		"token":   cmdToken,
 		"keys":    cmdKeys,
 		"bench":   cmdBench,
+		"audit":   cmdAudit,
+		"export":  cmdExport,
+		"mlflow":  cmdMLflow,
 		"version": func([]string, io.Writer, io.Writer) error { fmt.Fprintln(stdout, "cairn", version); return nil },
 	}
 	if args[0] == "-h" || args[0] == "--help" || args[0] == "help" {

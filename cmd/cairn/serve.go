@@ -134,8 +134,12 @@ func cmdServe(args []string, stdout, stderr io.Writer) error {
 		l.Close()
 		return err
 	}
+	reg, stopRegistry := startRegistry(ctx, l, logger)
+	defer stopRegistry()
+	apiServer := api.New(api.Config{MaxBody: *maxBody, OpenEntries: *openEntries, Logger: logger}, l, tokens, idx)
+	apiServer.SetRegistry(reg)
 	srv := &http.Server{
-		Handler:           api.New(api.Config{MaxBody: *maxBody, OpenEntries: *openEntries, Logger: logger}, l, tokens, idx),
+		Handler:           apiServer,
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 	}
@@ -166,6 +170,7 @@ func cmdServe(args []string, stdout, stderr io.Writer) error {
 	defer cancel()
 	srv.Shutdown(sctx)
 	stopIndex()
+	stopRegistry()
 	// Close commits whatever the sequencers hold and publishes final checkpoints.
 	if err := l.Close(); err != nil {
 		return fmt.Errorf("close ledger: %w", err)

@@ -31,6 +31,7 @@ import (
 	"github.com/cairn-ai/cairn/internal/event"
 	"github.com/cairn-ai/cairn/internal/index"
 	"github.com/cairn-ai/cairn/internal/ledger"
+	"github.com/cairn-ai/cairn/internal/registry"
 )
 
 //go:embed openapi.yaml
@@ -62,6 +63,8 @@ type Server struct {
 	tokens *Tokens
 	index  Index
 	mux    *http.ServeMux
+	// registry answers lineage, live-at and reconstruction requests (SetRegistry); nil: they answer 503.
+	registry *registry.Registry
 
 	appended  atomic.Int64
 	rejected  atomic.Int64
@@ -123,6 +126,7 @@ func New(cfg Config, l *ledger.Ledger, t *Tokens, idx Index) *Server {
 	m.HandleFunc("POST /v1/tokens", s.createToken)
 	m.HandleFunc("GET /v1/tokens", s.listTokens)
 	m.HandleFunc("DELETE /v1/tokens/{id}", s.revokeToken)
+	s.lifecycleRoutes(m)
 	return s
 }
 

@@ -16,6 +16,7 @@ import (
 
 	"github.com/cairn-ai/cairn/internal/index"
 	"github.com/cairn-ai/cairn/internal/ledger"
+	"github.com/cairn-ai/cairn/internal/registry"
 	"github.com/cairn-ai/cairn/internal/seal"
 	"github.com/cairn-ai/cairn/internal/store/local"
 )
@@ -28,6 +29,7 @@ type testServer struct {
 	tokens *Tokens
 	path   string // of the token file
 	root   string // an unscoped admin token
+	reg    *registry.Registry
 }
 
 func newTestServer(t *testing.T, cfg Config) *testServer {
@@ -57,17 +59,21 @@ func newTestServer(t *testing.T, cfg Config) *testServer {
 	}
 	ts.root = ts.token(t, "root", RoleAdmin, "")
 	ts.Server = New(cfg, l, ts.tokens, LedgerIndex(x, l))
+	ts.reg = registry.New(nil)
+	ts.Server.SetRegistry(ts.reg)
 	ts.srv = httptest.NewServer(ts.Server)
 	t.Cleanup(ts.srv.Close)
 	ts.do(t, "POST", "/v1/systems", ts.root, credit, 201)
 	lg, _ := l.Log("credit")
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
+	regDone := make(chan struct{})
 	go func() { x.Follow(ctx, "credit", lg.Store(), lg.Committed()); close(done) }()
-	t.Cleanup(func() { cancel(); <-done; x.Close() })
+	go func() { ts.reg.Follow(ctx, "credit", lg.Store(), lg.Subscribe()); close(regDone) }()
+	t.Cleanup(func() { cancel(); <-done; <-regDone; x.Close() })
 	ts.do(t, "POST", "/v1/systems/credit/events", ts.root, event1, 200)
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(2 * time.Millisecond) {
-		if _, n := lg.Checkpoint(); n >= 2 {
+		if _, n := lg.Checkpoint(); n >= 2 && ts.reg.Watermark("credit") >= 2 {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -175,7 +181,25 @@ var matrix = map[string][]matrixCase{
 		{access: access{role: RoleAdmin, global: true}, body: `{"principal":"new","roles":["ingest"],"systems":["credit"]}`, path: fixed("/v1/tokens")},
 		{access: access{role: RoleAdmin, global: true}, body: `{"principal":"new","roles":["root"]}`, path: fixed("/v1/tokens"), invalid: true},
 	},
-	"GET /v1/tokens": {{access: access{role: RoleAdmin, global: true}, path: fixed("/v1/tokens")}},
+	"GET /v1/systems/{system}/models": {{access: auditor, path: fixed("/v1/systems/credit/models")}},
+	"GET /v1/systems/{system}/models/{name}/versions/{version}/lineage": {
+		{access: auditor, path: func(t *testing.T, ts *testServer) string {
+			ts.registerModel(t)
+			return "/v1/systems/credit/models/m/versions/1/lineage"
+		}},
+	},
+	"GET /v1/systems/{system}/live": {
+		{access: auditor, path: fixed("/v1/systems/credit/live?at=2026-11-29T12:00:00Z")},
+		{access: auditor, path: fixed("/v1/systems/credit/live?at=yesterday"), invalid: true},
+	},
+	"POST /v1/systems/{system}/lifecycle/check": {
+		{access: access{role: RoleIngest, scoped: true}, path: fixed("/v1/systems/credit/lifecycle/check"),
+			body: `{"type":"deployment","model":{"name":"m","version":"1"},"deployment":"prod","attrs":{"action":"deployed"}}`},
+		{access: access{role: RoleIngest, scoped: true}, path: fixed("/v1/systems/credit/lifecycle/check"), body: `{"type":"deployment"}`, invalid: true},
+	},
+	"GET /v1/systems/{system}/reconstruct/{ref}": {{access: auditor, path: fixed("/v1/systems/credit/reconstruct/1")}},
+	"GET /v1/systems/{system}/export/{ref}":      {{access: auditor, path: fixed("/v1/systems/credit/export/1")}},
+	"GET /v1/tokens":                             {{access: access{role: RoleAdmin, global: true}, path: fixed("/v1/tokens")}},
 	"DELETE /v1/tokens/{id}": {{access: access{role: RoleAdmin, global: true}, path: func(t *testing.T, ts *testServer) string {
 		_, ti, err := ts.tokens.Issue(Principal{Name: "victim", Roles: []string{RoleIngest}}, 0)
 		if err != nil {
@@ -239,6 +263,20 @@ func TestRoleRouteMatrix(t *testing.T) {
 					}
 				})
 			}
+		}
+	}
+}
+
+// registerModel records model m version 1 and waits until the registry has it.
+func (ts *testServer) registerModel(t *testing.T) {
+	t.Helper()
+	ts.do(t, "POST", "/v1/systems/credit/events", ts.root, `[{"type":"model.version","model":{"name":"m","version":"1"},"attrs":{"digest_unknown":"test"}}]`, 200)
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(2 * time.Millisecond) {
+		if _, err := ts.reg.Lineage("credit", "m", "1"); err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("registry did not follow")
 		}
 	}
 }

@@ -70,8 +70,16 @@ func (src Source) Reconstruct(ctx context.Context, system string, index uint64, 
 	if e.Envelope == nil {
 		return nil, nil, fmt.Errorf("%w: event %d's envelope was destroyed by retention", store.ErrNotFound, index)
 	}
-	if src.Registry.Watermark(system) <= index {
-		return nil, nil, ErrNotFollowed
+	// The registry follows ingest closely; give it a moment to reach an event that was just appended.
+	for deadline := time.Now().Add(5 * time.Second); src.Registry.Watermark(system) <= index; {
+		if time.Now().After(deadline) {
+			return nil, nil, ErrNotFollowed
+		}
+		select {
+		case <-ctx.Done():
+			return nil, nil, ctx.Err()
+		case <-time.After(5 * time.Millisecond):
+		}
 	}
 	env, err := event.ParseEnvelope(e.Envelope)
 	if err != nil {

@@ -1,0 +1,10 @@
+package main
+
+import (
+	"fmt"
+	"io"
+)
+
+func cmdMLflow(args []string, stdout, stderr io.Writer) error {
+	return fmt.Errorf("not yet")
+}
