@@ -52,6 +52,8 @@ type Object struct {
 	Index *uint64 `json:"index,omitempty"`
 	// Version is, for an alias, the version it points at ("" once removed).
 	Version string `json:"version,omitempty"`
+	// Pending is the event as sent while it is not acknowledged: a retry resends exactly this.
+	Pending *client.Event `json:"pending,omitempty"`
 }
 
 // Result counts what a sync recorded.
@@ -113,7 +115,8 @@ func Sync(ctx context.Context, cfg Config) (Result, error) {
 		}
 		for i, r := range rs {
 			idx := r.Index
-			st.Objects[s.keys[start+i]].Index = &idx
+			o := st.Objects[s.keys[start+i]]
+			o.Index, o.Pending = &idx, nil
 			*s.kinds[start+i]++
 		}
 		if err := saveState(cfg.StatePath, st); err != nil {
@@ -172,8 +175,8 @@ func (s *syncer) plan(ctx context.Context, key string, ev client.Event, digest s
 		}
 		// Pending from an interrupted sync: retry under the same id while the server still recognises it.
 		id, err := event.ParseUUID(obj.ID)
-		if err == nil && s.now.Sub(id.Time()) < s.cfg.IDWindow-time.Minute {
-			return s.queue(key, obj, ev, kind), nil
+		if err == nil && obj.Pending != nil && s.now.Sub(id.Time()) < s.cfg.IDWindow-time.Minute {
+			return s.queue(key, obj, *obj.Pending, kind), nil
 		}
 		if err == nil {
 			rec, err := s.cfg.Cairn.GetID(ctx, s.cfg.System, obj.ID)
@@ -181,7 +184,7 @@ func (s *syncer) plan(ctx context.Context, key string, ev client.Event, digest s
 			switch {
 			case err == nil:
 				idx := rec.Index
-				obj.Index = &idx
+				obj.Index, obj.Pending = &idx, nil
 				return obj.ID, nil
 			case errors.As(err, &p) && p.Status == 404:
 				// Never recorded: send it afresh below.
@@ -200,6 +203,7 @@ func (s *syncer) plan(ctx context.Context, key string, ev client.Event, digest s
 
 func (s *syncer) queue(key string, obj *Object, ev client.Event, kind *int) string {
 	ev.ID = obj.ID
+	obj.Pending = &ev
 	s.batch = append(s.batch, ev)
 	s.keys = append(s.keys, key)
 	s.kinds = append(s.kinds, kind)
