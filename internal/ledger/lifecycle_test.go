@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -171,4 +172,61 @@ func TestLifecycleRulesConfigurable(t *testing.T) {
 	if _, _, err := e.l.Register(context.Background(), []byte(bad), "admin"); err == nil || !strings.Contains(err.Error(), "/lifecycle/four_eye") {
 		t.Errorf("an unknown lifecycle rule was accepted: %v", err)
 	}
+}
+
+// TestLifecycleRace races rejections against deployments of the same versions from many goroutines. Whatever the
+// interleaving, each deployment must be judged on exactly the events recorded before it: unapproved if and only
+// if the version's rejection precedes it in the log.
+func TestLifecycleRace(t *testing.T) {
+	e := newEnv(t)
+	lg := e.register("credit")
+	const versions, deploys = 8, 16
+	rejectAt := map[string]uint64{}
+	evals := map[string]event.UUID{}
+	for v := range versions {
+		ver := fmt.Sprint(v)
+		e.appendAs(lg, "alice", fmt.Sprintf(`{"type":"model.version","model":{"name":"credit","version":%q},"attrs":{"digest_unknown":"test"}}`, ver))
+		ev := e.appendAs(lg, "carol", fmt.Sprintf(`{"type":"evaluation","model":{"name":"credit","version":%q},"attrs":{"metrics":{},"passed":true}}`, ver))
+		e.appendAs(lg, "bob", fmt.Sprintf(`{"type":"approval","model":{"name":"credit","version":%q},"refs":[%q],"attrs":{"decision":"approve"}}`, ver, ev.ID))
+		evals[ver] = ev.ID
+	}
+	type dep struct {
+		ver   string
+		index uint64
+	}
+	var mu sync.Mutex
+	var deps []dep
+	var wg sync.WaitGroup
+	for v := range versions {
+		ver := fmt.Sprint(v)
+		wg.Go(func() {
+			r := e.appendAs(lg, "bob", fmt.Sprintf(`{"type":"approval","model":{"name":"credit","version":%q},"refs":[%q],"attrs":{"decision":"reject"}}`, ver, evals[ver]))
+			mu.Lock()
+			rejectAt[ver] = r.Index
+			mu.Unlock()
+		})
+		for range deploys {
+			wg.Go(func() {
+				r := e.appendAs(lg, "ops", fmt.Sprintf(`{"type":"deployment","model":{"name":"credit","version":%q},"deployment":"prod","attrs":{"action":"deployed"}}`, ver))
+				mu.Lock()
+				deps = append(deps, dep{ver, r.Index})
+				mu.Unlock()
+			})
+		}
+	}
+	wg.Wait()
+	before, after := 0, 0
+	for _, d := range deps {
+		got := violations(t, lg, d.index)
+		late := d.index > rejectAt[d.ver]
+		if late != slices.Contains(got, lifecycle.RuleUnapproved) {
+			t.Errorf("deployment of %s at %d (rejection at %d): violations %v", d.ver, d.index, rejectAt[d.ver], got)
+		}
+		if late {
+			after++
+		} else {
+			before++
+		}
+	}
+	t.Logf("%d deployments before their version's rejection, %d after", before, after)
 }
