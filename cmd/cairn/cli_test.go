@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/rogpeppe/go-internal/testscript"
+
+	"github.com/cairn-ai/cairn/internal/event"
 )
 
 var (
@@ -70,24 +72,44 @@ func TestScripts(t *testing.T) {
 				}
 				ts.Fatalf("server on port %s did not come up", args[0])
 			},
-			// post URL TOKENFILE BODYFILE: POST a body with a bearer token; prints the status and the answer.
-			"post": func(ts *testscript.TestScript, neg bool, args []string) {
-				tok, _ := os.ReadFile(ts.MkAbs(args[1]))
-				body, _ := os.ReadFile(ts.MkAbs(args[2]))
-				req, _ := http.NewRequest("POST", args[0], bytes.NewReader(body))
-				req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(tok)))
-				resp, err := http.DefaultClient.Do(req)
-				if err != nil {
-					ts.Fatalf("post: %v", err)
-				}
-				defer resp.Body.Close()
-				var b bytes.Buffer
-				b.ReadFrom(resp.Body)
-				ts.Stdout().Write([]byte(resp.Status + "\n" + b.String()))
-				if (resp.StatusCode >= 300) != neg {
-					ts.Fatalf("post: unexpected status %s", resp.Status)
+			// uuid7 NAME...: set each variable to a fresh UUIDv7 (an event id within the idempotency window).
+			"uuid7": func(ts *testscript.TestScript, neg bool, args []string) {
+				for _, name := range args {
+					ts.Setenv(name, event.NewV7(time.Now()).String())
 				}
 			},
+			// expandfile FILE: write FILE.expanded with $VARIABLES expanded.
+			"expandfile": func(ts *testscript.TestScript, neg bool, args []string) {
+				body, _ := os.ReadFile(ts.MkAbs(args[0]))
+				os.WriteFile(ts.MkAbs(args[0]+".expanded"), []byte(os.Expand(string(body), ts.Getenv)), 0o600)
+			},
+			// postenv URL TOKENFILE BODYFILE: post with $VARIABLES in the body expanded.
+			"postenv": func(ts *testscript.TestScript, neg bool, args []string) {
+				body, _ := os.ReadFile(ts.MkAbs(args[2]))
+				tmp := ts.MkAbs(args[2] + ".expanded")
+				os.WriteFile(tmp, []byte(os.Expand(string(body), ts.Getenv)), 0o600)
+				post(ts, neg, []string{args[0], args[1], tmp})
+			},
+			"post": post,
 		},
 	})
+}
+
+// post URL TOKENFILE BODYFILE: POST a body with a bearer token; prints the status and the answer.
+func post(ts *testscript.TestScript, neg bool, args []string) {
+	tok, _ := os.ReadFile(ts.MkAbs(args[1]))
+	body, _ := os.ReadFile(ts.MkAbs(args[2]))
+	req, _ := http.NewRequest("POST", args[0], bytes.NewReader(body))
+	req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(tok)))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		ts.Fatalf("post: %v", err)
+	}
+	defer resp.Body.Close()
+	var b bytes.Buffer
+	b.ReadFrom(resp.Body)
+	ts.Stdout().Write([]byte(resp.Status + "\n" + b.String()))
+	if (resp.StatusCode >= 300) != neg {
+		ts.Fatalf("post: unexpected status %s", resp.Status)
+	}
 }

@@ -27,6 +27,10 @@ Usage:
   cairn retention run|report|hold|release --data DIR ...       archive, crypto-shred and report by schedule; legal holds
   cairn proxy   --upstream URL --system S [--data DIR|--url URL] record every call to a model server
   cairn bench   [flags]                                        measure ingest, proofs and storage
+  cairn audit   live|models|lineage|reconstruct|check ...     model lifecycle and the tabletop audit
+  cairn export  --system S --event ID -o FILE                 write an event's evidence bundle
+  cairn verify  bundle [--vkey KEY] FILE                      check an evidence bundle offline
+  cairn mlflow  sync --mlflow-uri URL --system S [--watch D]  record MLflow runs, datasets, versions and aliases
   cairn version
 
 Run 'cairn COMMAND -h' for a command's flags.
@@ -57,6 +61,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		"vault":      cmdVault,
 		"retention":  cmdRetention,
 		"proxy":      cmdProxy,
+		"audit":      cmdAudit,
+		"export":     cmdExport,
+		"mlflow":     cmdMLflow,
 		"bench":      cmdBench,
 		"version":    func([]string, io.Writer, io.Writer) error { fmt.Fprintln(stdout, "cairn", version); return nil },
 	}

@@ -124,8 +124,12 @@ func cmdServe(args []string, stdout, stderr io.Writer) error {
 	if *retentionEvery > 0 {
 		stopRetention = rw.Start(ctx, *retentionEvery)
 	}
+	reg, stopRegistry := startRegistry(ctx, l, logger)
+	defer stopRegistry()
+	apiServer := api.New(api.Config{MaxBody: *maxBody, OpenEntries: *openEntries, Vault: vlt, OIDC: oidcAuth, Retention: rw, Logger: logger}, l, tokens, idx)
+	apiServer.SetRegistry(reg)
 	srv := &http.Server{
-		Handler:           api.New(api.Config{MaxBody: *maxBody, OpenEntries: *openEntries, Vault: vlt, OIDC: oidcAuth, Retention: rw, Logger: logger}, l, tokens, idx),
+		Handler:           apiServer,
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 	}
@@ -158,6 +162,7 @@ func cmdServe(args []string, stdout, stderr io.Writer) error {
 	srv.Shutdown(sctx)
 	stopRetention()
 	stopIndex()
+	stopRegistry()
 	// Close commits whatever the sequencers hold and publishes final checkpoints.
 	if err := l.Close(); err != nil {
 		return fmt.Errorf("close ledger: %w", err)

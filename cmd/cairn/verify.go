@@ -25,6 +25,9 @@ import (
 )
 
 func cmdVerify(args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "bundle" {
+		return verifyBundle(args[1:], stdout, stderr)
+	}
 	fs := flag.NewFlagSet("verify", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	data := fs.String("data", "", "data directory to verify offline (the server must be stopped)")
@@ -52,7 +55,7 @@ func cmdVerify(args []string, stdout, stderr io.Writer) error {
 	case *data != "":
 		return verifyData(*data, *storeURL, *full, *stateFile, *pubFile, *jsonOut, *decrypt, *kekPath, *keyringDir, stdout)
 	default:
-		fmt.Fprintln(stderr, "usage: cairn verify --data DIR [--full] | --url URL --system S --vkey KEY")
+		fmt.Fprintln(stderr, "usage: cairn verify --data DIR [--full] | --url URL --system S --vkey KEY | bundle [--vkey KEY] FILE")
 		return errUsage
 	}
 }

@@ -32,6 +32,7 @@ import (
 	"github.com/cairn-ai/cairn/internal/index"
 	"github.com/cairn-ai/cairn/internal/ledger"
 	"github.com/cairn-ai/cairn/internal/oidc"
+	"github.com/cairn-ai/cairn/internal/registry"
 	"github.com/cairn-ai/cairn/internal/retention"
 	"github.com/cairn-ai/cairn/internal/vault"
 )
@@ -71,6 +72,8 @@ type Server struct {
 	tokens *Tokens
 	index  Index
 	mux    *http.ServeMux
+	// registry answers lineage, live-at and reconstruction requests (SetRegistry); nil: they answer 503.
+	registry *registry.Registry
 
 	appended  atomic.Int64
 	rejected  atomic.Int64
@@ -137,14 +140,15 @@ func New(cfg Config, l *ledger.Ledger, t *Tokens, idx Index) *Server {
 	m.HandleFunc("POST /v1/reidentify/{id}/approve", s.approveReidentify)
 	m.HandleFunc("GET /v1/reidentify/{id}", s.collectReidentify)
 	m.HandleFunc("POST /v1/vault/erase", s.eraseSubject)
+	m.HandleFunc("GET /v1/systems/{system}/retention", s.retentionReport)
+	m.HandleFunc("PUT /v1/systems/{system}/retention/holds/{id}", s.placeHold)
+	m.HandleFunc("DELETE /v1/systems/{system}/retention/holds/{id}", s.releaseHold)
+	s.lifecycleRoutes(m)
 	if t != nil && l != nil { // nil for a server that only describes itself (tests of the OpenAPI document)
 		if err := s.SyncTokenLog(context.Background()); err != nil {
 			cfg.Logger.Error("recording token changes in _admin", "err", err)
 		}
 	}
-	m.HandleFunc("GET /v1/systems/{system}/retention", s.retentionReport)
-	m.HandleFunc("PUT /v1/systems/{system}/retention/holds/{id}", s.placeHold)
-	m.HandleFunc("DELETE /v1/systems/{system}/retention/holds/{id}", s.releaseHold)
 	return s
 }
 
@@ -495,26 +499,9 @@ func (s *Server) getEvent(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	idx, err := strconv.ParseUint(r.PathValue("ref"), 10, 64)
-	if err != nil {
-		if _, perr := event.ParseUUID(r.PathValue("ref")); perr != nil {
-			badRequest(w, "ref", "an event index or id")
-			return
-		}
-		if s.index == nil {
-			writeProblem(w, Problem{Status: http.StatusServiceUnavailable, Detail: "lookup by id needs the query index"})
-			return
-		}
-		i, ok, err := s.index.ByID(r.Context(), sys, strings.ToLower(r.PathValue("ref")))
-		if err != nil {
-			writeError(w, err)
-			return
-		}
-		if !ok {
-			writeProblem(w, Problem{Status: http.StatusNotFound, Detail: "no event with that id is indexed (the index may lag ingest briefly)"})
-			return
-		}
-		idx = i
+	idx, ok := s.refIndex(w, r, sys)
+	if !ok {
+		return
 	}
 	e, err := lg.Entry(r.Context(), idx)
 	if err != nil {

@@ -18,6 +18,7 @@ import (
 	"github.com/cairn-ai/cairn/internal/index"
 	"github.com/cairn-ai/cairn/internal/ledger"
 	"github.com/cairn-ai/cairn/internal/pseudo"
+	"github.com/cairn-ai/cairn/internal/registry"
 	"github.com/cairn-ai/cairn/internal/retention"
 	"github.com/cairn-ai/cairn/internal/seal"
 	"github.com/cairn-ai/cairn/internal/store/local"
@@ -33,6 +34,7 @@ type testServer struct {
 	path   string // of the token file
 	root   string // an unscoped admin token
 	vault  *vault.Vault
+	reg    *registry.Registry
 }
 
 // vaultPutter gives the ledger the vault the test server's Config ends up with.
@@ -79,17 +81,21 @@ func newTestServer(t *testing.T, cfg Config) *testServer {
 	}
 	ts.vault = cfg.Vault
 	ts.Server = New(cfg, l, ts.tokens, LedgerIndex(x, l))
+	ts.reg = registry.New(nil)
+	ts.Server.SetRegistry(ts.reg)
 	ts.srv = httptest.NewServer(ts.Server)
 	t.Cleanup(ts.srv.Close)
 	ts.do(t, "POST", "/v1/systems", ts.root, credit, 201)
 	lg, _ := l.Log("credit")
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
+	regDone := make(chan struct{})
 	go func() { x.Follow(ctx, "credit", lg.Store(), lg.Committed()); close(done) }()
-	t.Cleanup(func() { cancel(); <-done; x.Close() })
+	go func() { ts.reg.Follow(ctx, "credit", lg.Store(), lg.Subscribe()); close(regDone) }()
+	t.Cleanup(func() { cancel(); <-done; <-regDone; x.Close() })
 	ts.do(t, "POST", "/v1/systems/credit/events", ts.root, event1, 200)
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(2 * time.Millisecond) {
-		if _, n := lg.Checkpoint(); n >= 2 {
+		if _, n := lg.Checkpoint(); n >= 2 && ts.reg.Watermark("credit") >= 2 {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -232,6 +238,24 @@ var matrix = map[string][]matrixCase{
 		}
 		return p
 	}}},
+	"GET /v1/systems/{system}/models": {{access: auditor, path: fixed("/v1/systems/credit/models")}},
+	"GET /v1/systems/{system}/models/{name}/versions/{version}/lineage": {
+		{access: auditor, path: func(t *testing.T, ts *testServer) string {
+			ts.registerModel(t)
+			return "/v1/systems/credit/models/m/versions/1/lineage"
+		}},
+	},
+	"GET /v1/systems/{system}/live": {
+		{access: auditor, path: fixed("/v1/systems/credit/live?at=2026-11-29T12:00:00Z")},
+		{access: auditor, path: fixed("/v1/systems/credit/live?at=yesterday"), invalid: true},
+	},
+	"POST /v1/systems/{system}/lifecycle/check": {
+		{access: access{role: RoleIngest, scoped: true}, path: fixed("/v1/systems/credit/lifecycle/check"),
+			body: `{"type":"deployment","model":{"name":"m","version":"1"},"deployment":"prod","attrs":{"action":"deployed"}}`},
+		{access: access{role: RoleIngest, scoped: true}, path: fixed("/v1/systems/credit/lifecycle/check"), body: `{"type":"deployment"}`, invalid: true},
+	},
+	"GET /v1/systems/{system}/reconstruct/{ref}": {{access: auditor, path: fixed("/v1/systems/credit/reconstruct/1")}},
+	"GET /v1/systems/{system}/export/{ref}":      {{access: auditor, path: fixed("/v1/systems/credit/export/1")}},
 	"DELETE /v1/tokens/{id}": {{access: access{role: RoleAdmin, global: true}, path: func(t *testing.T, ts *testServer) string {
 		_, ti, err := ts.tokens.Issue(Principal{Name: "victim", Roles: []string{RoleIngest}}, 0)
 		if err != nil {
@@ -305,6 +329,20 @@ func TestRoleRouteMatrix(t *testing.T) {
 					}
 				})
 			}
+		}
+	}
+}
+
+// registerModel records model m version 1 and waits until the registry has it.
+func (ts *testServer) registerModel(t *testing.T) {
+	t.Helper()
+	ts.do(t, "POST", "/v1/systems/credit/events", ts.root, `[{"type":"model.version","model":{"name":"m","version":"1"},"attrs":{"digest_unknown":"test"}}]`, 200)
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(2 * time.Millisecond) {
+		if _, err := ts.reg.Lineage("credit", "m", "1"); err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("registry did not follow")
 		}
 	}
 }

@@ -239,6 +239,9 @@ func Parse(i int, raw []byte, now time.Time, lim Limits, server bool) (*Event, e
 			return nil, fail("/attrs", "invalid")
 		}
 		ev.Attrs = in.Attrs
+		if !server && hasMember(ev.Attrs, RuleViolations) {
+			return nil, fail("/attrs/"+RuleViolations, "set by Cairn when an event breaks a lifecycle rule; a client cannot send it")
+		}
 	}
 	if len(in.Payload) > 2 {
 		ev.Payload = in.Payload
@@ -258,6 +261,11 @@ func Parse(i int, raw []byte, now time.Time, lim Limits, server bool) (*Event, e
 		}
 		if !ok {
 			return nil, fail("", "missing: one of "+strings.Join(pointers(spec.RequireOneOf), ", "))
+		}
+	}
+	if spec.Check != nil {
+		if field, reason := spec.Check(ev); reason != "" {
+			return nil, fail(field, reason)
 		}
 	}
 	return ev, nil

@@ -115,7 +115,7 @@ func checkAttrs(attrs []byte, spec *Spec, typ string, present map[string]bool) e
 func (s *cscan) attr(name []byte, a Attr) error {
 	field := func() string { return "/attrs/" + string(name) }
 	switch a.Kind {
-	case KindString, KindTimestamp:
+	case KindString, KindTimestamp, KindDigest:
 		if s.Peek() != '"' {
 			return &kindError{field(), "must be a string"}
 		}
@@ -130,6 +130,11 @@ func (s *cscan) attr(name []byte, a Attr) error {
 		if a.Kind == KindTimestamp {
 			if _, err := time.Parse(time.RFC3339Nano, string(v)); err != nil {
 				return &kindError{field(), "not an RFC 3339 timestamp"}
+			}
+		}
+		if a.Kind == KindDigest {
+			if _, err := ParseSHA256(string(v)); err != nil {
+				return &kindError{field(), "must be sha256:<64 hex>"}
 			}
 		}
 		if len(a.Enum) > 0 {

@@ -5,7 +5,10 @@
 // which the caller seals before anything touches disk.
 package event
 
-import "slices"
+import (
+	"slices"
+	"time"
+)
 
 // SchemaVersion is the version of the leaf and envelope encodings ("v" in both).
 const SchemaVersion = 1
@@ -29,6 +32,7 @@ const (
 	KindObject      // any object of non-personal facts (a system definition)
 	KindTimestamp   // RFC 3339 string
 	KindNonNegative // number >= 0
+	KindDigest      // "sha256:<64 lowercase hex>"
 )
 
 // Attr describes one allowed attribute of an event type.
@@ -57,7 +61,14 @@ type Spec struct {
 	// RequireOneOf lists alternatives of which at least one must be present; "payload.output" names a payload member.
 	RequireOneOf []string
 	Attrs        map[string]Attr
+	// Check validates what the per-attribute kinds cannot (one field against another); nil when there is
+	// nothing more to check. It returns the offending field as a JSON Pointer and the reason.
+	Check func(ev *Event) (field, reason string)
 }
+
+// RuleViolations is the attribute in which Cairn marks an event that breaks a lifecycle rule of its system
+// (docs/lifecycle.md). Only the sequencer sets it; a client that sends it is refused.
+const RuleViolations = "rule_violations"
 
 var common = map[string]Attr{
 	"request_id":      {Kind: KindString},
@@ -86,30 +97,42 @@ func attrs(m map[string]Attr) map[string]Attr {
 var Specs = map[string]*Spec{
 	"system.registered": {Class: ClassDoc, ServerOnly: true, Attrs: attrs(nil)},
 	"system.updated":    {Class: ClassDoc, ServerOnly: true, Attrs: attrs(nil)},
-	"dataset.version": {Class: ClassDoc, Require: []string{"name", "version"}, Attrs: attrs(map[string]Attr{
-		"name": {Kind: KindString}, "version": {Kind: KindString}, "digest": {Kind: KindString},
-		"uri": {Kind: KindString}, "rows": {Kind: KindNonNegative}, "dvc_md5": {Kind: KindString},
-		"git_revision": {Kind: KindString}, "mlflow_digest": {Kind: KindString}, "schema_digest": {Kind: KindString},
-		"statistics": {Kind: KindNumberMap},
+	"dataset.version": {Class: ClassDoc, Require: []string{"name", "version"}, Check: checkDataset, Attrs: attrs(map[string]Attr{
+		"name": {Kind: KindString}, "version": {Kind: KindString},
+		// digest is Cairn's identity for the content, when Cairn or the client could read it.
+		"digest": {Kind: KindDigest}, "digest_unknown": {Kind: KindString},
+		"uri": {Kind: KindString}, "source_type": {Kind: KindString}, "rows": {Kind: KindNonNegative},
+		"dvc_md5": {Kind: KindString}, "dvc_path": {Kind: KindString}, "git_repo": {Kind: KindString},
+		"git_revision": {Kind: KindString}, "mlflow_digest": {Kind: KindString}, "mlflow_context": {Kind: KindString},
+		"schema_digest": {Kind: KindDigest}, "statistics": {Kind: KindNumberMap}, "source": {Kind: KindString},
 	})},
-	"training.run": {Class: ClassDoc, Require: []string{"run_id"}, Attrs: attrs(map[string]Attr{
+	"training.run": {Class: ClassDoc, Require: []string{"run_id"}, Check: checkRun, Attrs: attrs(map[string]Attr{
 		"run_id": {Kind: KindString}, "params": {Kind: KindStringMap}, "metrics": {Kind: KindNumberMap},
 		"code_revision": {Kind: KindString}, "environment_digest": {Kind: KindString},
+		"datasets": {Kind: KindStrings}, "experiment": {Kind: KindString}, "source": {Kind: KindString},
 		"started": {Kind: KindTimestamp}, "ended": {Kind: KindTimestamp},
-		"status": {Kind: KindString, Enum: []string{"running", "finished", "failed", "killed"}},
+		"status": {Kind: KindString, Enum: []string{"running", "scheduled", "finished", "failed", "killed", "deleted"}},
 	})},
-	"model.version": {Class: ClassDoc, NeedModel: true, Attrs: attrs(map[string]Attr{
-		"format": {Kind: KindString}, "run_id": {Kind: KindString}, "modelkit_digest": {Kind: KindString},
-		"artefact_digests": {Kind: KindStringMap}, "from_version": {Kind: KindString},
+	"model.version": {Class: ClassDoc, NeedModel: true, Check: checkModelVersion, Attrs: attrs(map[string]Attr{
+		"format": {Kind: KindString}, "run_id": {Kind: KindString}, "modelkit_digest": {Kind: KindDigest},
+		"artefact_digests": {Kind: KindStringMap}, "digest_unknown": {Kind: KindString},
+		"datasets": {Kind: KindStrings}, "from_version": {Kind: KindString}, "source": {Kind: KindString},
+		"status": {Kind: KindString},
+		// An alias (MLflow's "@champion") pointing at the version was set or removed: a registry pointer moved.
+		"alias": {Kind: KindString}, "alias_action": {Kind: KindString, Enum: []string{"set", "removed"}},
 		"change_classification": {Kind: KindString, Enum: []string{"predetermined", "non_substantial", "substantial", "intended_purpose_change"}},
 	})},
-	"evaluation": {Class: ClassDoc, NeedModel: true, Attrs: attrs(map[string]Attr{
+	"evaluation": {Class: ClassDoc, NeedModel: true, Require: []string{"metrics", "passed"}, Attrs: attrs(map[string]Attr{
 		"metrics": {Kind: KindNumberMap}, "thresholds": {Kind: KindNumberMap}, "dataset": {Kind: KindString},
-		"passed": {Kind: KindBool},
+		// group_metrics holds metrics per group (fairness): {"group": {"metric": number}}.
+		"group_metrics": {Kind: KindObject},
+		"passed":        {Kind: KindBool},
 	})},
-	"approval": {Class: ClassDoc, NeedRefs: true, Require: []string{"decision"}, Attrs: attrs(map[string]Attr{
+	"approval": {Class: ClassDoc, NeedModel: true, NeedRefs: true, Require: []string{"decision"}, Attrs: attrs(map[string]Attr{
 		"decision": {Kind: KindString, Enum: []string{"approve", "reject"}},
 		"scope":    {Kind: KindString},
+		// The justification is free text and goes in the payload; its digest may be kept in clear.
+		"justification_digest": {Kind: KindDigest},
 	})},
 	"deployment": {Class: ClassDoc, NeedModel: true, NeedDeployment: true, Require: []string{"action"}, Attrs: attrs(map[string]Attr{
 		"action":          {Kind: KindString, Enum: []string{"deployed", "retired", "rolled_back"}},
@@ -230,4 +253,58 @@ func Types() []string {
 	}
 	slices.Sort(out)
 	return out
+}
+
+// Lifecycle reports whether typ is a lifecycle event type: the types whose references and approvals the
+// lifecycle rules check (docs/lifecycle.md).
+func Lifecycle(typ string) bool {
+	switch typ {
+	case "dataset.version", "training.run", "model.version", "evaluation", "approval", "deployment":
+		return true
+	}
+	return false
+}
+
+func checkDataset(ev *Event) (string, string) {
+	for _, n := range []string{"digest", "dvc_md5", "mlflow_digest", "uri"} {
+		if hasMember(ev.Attrs, n) {
+			return "", ""
+		}
+	}
+	return "/attrs/digest", "missing: a dataset version needs an identity: digest (SHA-256 of the content), dvc_md5, mlflow_digest or uri"
+}
+
+func checkRun(ev *Event) (string, string) {
+	s, ok1 := Member(ev.Attrs, "started")
+	e, ok2 := Member(ev.Attrs, "ended")
+	if ok1 && ok2 {
+		ts, _ := time.Parse(time.RFC3339Nano, unq(s))
+		te, _ := time.Parse(time.RFC3339Nano, unq(e))
+		if te.Before(ts) {
+			return "/attrs/ended", "before started"
+		}
+	}
+	return "", ""
+}
+
+func checkModelVersion(ev *Event) (string, string) {
+	if hasMember(ev.Attrs, "alias") != hasMember(ev.Attrs, "alias_action") {
+		return "/attrs/alias_action", "alias and alias_action go together"
+	}
+	// The artefact digest is optional (a version may be recorded before its artefact is reachable; say why in
+	// attrs.digest_unknown), and checked when present.
+	if ev.Model.Digest != "" {
+		if _, err := ParseSHA256(ev.Model.Digest); err != nil {
+			return "/model/digest", "must be sha256:<64 hex>"
+		}
+	}
+	return "", ""
+}
+
+// unq returns the text of a canonical JSON string without escapes (timestamps have none).
+func unq(b []byte) string {
+	if len(b) >= 2 {
+		return string(b[1 : len(b)-1])
+	}
+	return ""
 }

@@ -6,9 +6,11 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"hash"
+	"math"
 	"slices"
 	"strings"
 	"sync"
@@ -19,6 +21,7 @@ import (
 	"golang.org/x/mod/sumdb/tlog"
 
 	"github.com/cairn-ai/cairn/internal/event"
+	"github.com/cairn-ai/cairn/internal/lifecycle"
 	"github.com/cairn-ai/cairn/internal/pseudo"
 	"github.com/cairn-ai/cairn/internal/seal"
 	"github.com/cairn-ai/cairn/internal/store"
@@ -45,6 +48,8 @@ type Prepared struct {
 	salt       [16]byte
 	digest     hash.Hash           // SHA-256 over salt and head; the sequencer adds the recorded time and the tail
 	vault      []pseudo.VaultEntry // originals for the token vault, stored before the event is sequenced
+	attrs0     []byte              // the attributes as prepared, before any rule-violation mark
+	marked     bool
 }
 
 // pseudoKeys gives the field policy its pseudonymisation domain keys, kept in the keyring wrapped by the KEK: one
@@ -148,6 +153,8 @@ type Log struct {
 	treeRoot tlog.Hash
 
 	followWake chan struct{} // wakes the log's followers (the query index) after each commit
+	subMu      sync.Mutex
+	subs       []chan struct{} // more followers (Subscribe)
 	cpWake     chan struct{}
 	cpDone     chan struct{}
 	published  atomic.Pointer[publishedCheckpoint]
@@ -159,6 +166,14 @@ type Log struct {
 
 	defMu sync.Mutex // serialises registrations
 	def   atomic.Pointer[CurrentDefinition]
+
+	// life holds the facts the lifecycle rules are decided against; the sequencer decides and records each
+	// lifecycle event in it as it orders it (speculatively, like the dedup map: undone when a batch is not stored).
+	life *lifecycle.State
+	// lifeReady is closed once life holds the facts of the entries the log had when it was opened: a background
+	// read, so that opening a large log does not wait for it. Only lifecycle decisions wait for it.
+	lifeReady  chan struct{}
+	stopLoader context.CancelFunc
 }
 
 type publishedCheckpoint struct {
@@ -180,6 +195,8 @@ func newLog(ctx context.Context, l *Ledger, name string, sl store.Log) (*Log, er
 		dedup:  map[event.UUID]dedupEntry{},
 		cpWake: make(chan struct{}, 1), cpDone: make(chan struct{}),
 		followWake: make(chan struct{}, 1),
+		life:       lifecycle.NewState(),
+		lifeReady:  make(chan struct{}),
 	}
 	if sh, ok := sl.(store.Shared); ok && sh.Shared() {
 		lg.shared = true
@@ -223,6 +240,17 @@ func newLog(ctx context.Context, l *Ledger, name string, sl store.Log) (*Log, er
 	if err := lg.loadDedup(ctx); err != nil {
 		return nil, err
 	}
+	lctx, cancel := context.WithCancel(context.Background())
+	lg.stopLoader = cancel
+	go func() {
+		defer close(lg.lifeReady)
+		if err := lg.loadLifecycle(lctx, 0, n); err != nil && lctx.Err() == nil {
+			// Without the facts the rules cannot be decided: the log takes no more appends until restarted.
+			err = fmt.Errorf("read lifecycle events: %w", err)
+			lg.broken.CompareAndSwap(nil, &err)
+			l.cfg.Logger.Error("lifecycle state", "system", name, "err", err)
+		}
+	}()
 	go lg.sequence()
 	go lg.commit()
 	go lg.checkpointer()
@@ -270,6 +298,11 @@ func (lg *Log) setDefinitionFrom(ctx context.Context, index uint64) error {
 		return fmt.Errorf("system definition at %d: %w", index, err)
 	}
 	cd := &CurrentDefinition{Definition: d, Canonical: c, Index: index}
+	rules, err := lifecycle.ParseRules(d.Lifecycle)
+	if err != nil {
+		return fmt.Errorf("lifecycle rules at %d: %w", index, err)
+	}
+	lg.life.SetRules(rules)
 	if len(d.FieldPolicy) > 0 {
 		if cd.Policy, err = pseudo.Parse(d.FieldPolicy); err != nil {
 			return fmt.Errorf("field policy at %d: %w", index, err)
@@ -277,6 +310,39 @@ func (lg *Log) setDefinitionFrom(ctx context.Context, index uint64) error {
 	}
 	lg.def.Store(cd)
 	return nil
+}
+
+// loadLifecycle records the facts of the tracked events among entries [from, to) in the lifecycle state, with the
+// rule violations they were marked with when they were sequenced. Opening a log reads it once for this.
+func (lg *Log) loadLifecycle(ctx context.Context, from, to uint64) error {
+	return lg.store.Entries(ctx, from, to, func(e *store.Entry) error {
+		lg.loadFact(e)
+		return nil
+	})
+}
+
+func (lg *Log) loadFact(e *store.Entry) {
+	if !lifecycle.Tracked(e.Type) || e.Envelope == nil {
+		return
+	}
+	s, err := event.ParseEnvelope(e.Envelope)
+	if err == nil {
+		var f *lifecycle.Fact
+		if f, err = lifecycle.FactFromEnvelope(e.Index, s); err == nil {
+			lg.life.Load(f)
+			return
+		}
+	}
+	// A damaged envelope is the verifier's business; the rules then treat the event as absent.
+	lg.l.cfg.Logger.Warn("lifecycle: unreadable envelope", "system", lg.name, "index", e.Index, "err", err)
+}
+
+// CheckLifecycle answers whether ev, appended now by actor, would comply with the system's lifecycle rules: the
+// rules it would break, or nil. Nothing is recorded. It answers on the sequencer's state, which may include
+// events being committed; the sequencer decides again when the event is appended.
+func (lg *Log) CheckLifecycle(ev *event.Event, actor string) []string {
+	<-lg.lifeReady
+	return lg.life.Check(lifecycle.FactOf(ev, actor, math.MaxUint64))
 }
 
 // loadDedup rebuilds the idempotency map from the entries recorded within the dedup window.
@@ -425,6 +491,12 @@ func (lg *Log) sealFor(p *Prepared, t time.Time) error {
 		p.month = seal.Month(pk.ID)
 		p.env.Payload = &event.PayloadRef{Digest: c.Digest, Size: c.Size, Key: pk.ID, KeyCommit: c.KeyCommit}
 	}
+	p.encode()
+	return nil
+}
+
+// encode encodes the envelope around the recorded time and starts its digest under a fresh salt.
+func (p *Prepared) encode() {
 	// Head and tail share one buffer, sized for a typical envelope.
 	buf := make([]byte, 0, 512+len(p.env.Attrs)+len(p.env.Actor)+len(p.env.Deployment)+37*len(p.env.Refs))
 	buf = p.env.AppendHead(buf)
@@ -434,7 +506,47 @@ func (lg *Log) sealFor(p *Prepared, t time.Time) error {
 	p.digest = sha256.New()
 	p.digest.Write(p.salt[:])
 	p.digest.Write(p.head)
+}
+
+// markViolations marks a prepared event with the lifecycle rules it breaks (attrs.rule_violations) and
+// re-encodes its envelope.
+//
+// A batch that lost a race between nodes is sequenced again from the same prepared events, so the mark is always
+// made on the attributes as prepared, and taken off again when the rules no longer find a violation.
+func (p *Prepared) markViolations(rules []string) error {
+	if !p.marked {
+		p.attrs0 = p.env.Attrs
+	}
+	a, err := lifecycle.MarkAttrs(p.attrs0, rules)
+	if err != nil {
+		return fmt.Errorf("mark rule violations: %w", err)
+	}
+	p.env.Attrs, p.marked = a, true
+	p.encode()
 	return nil
+}
+
+// unmark undoes markViolations.
+func (p *Prepared) unmark() {
+	if p.marked {
+		p.env.Attrs, p.marked = p.attrs0, false
+		p.encode()
+	}
+}
+
+// ServerActor is the actor of events Cairn records on its own initiative, such as rule-violation alerts.
+const ServerActor = "cairn"
+
+// alertFor prepares the anomaly event that raises an alert about an event that breaks lifecycle rules.
+func (lg *Log) alertFor(p *Prepared, rules []string, now time.Time) (*Prepared, error) {
+	vs, _ := json.Marshal(rules)
+	raw := `{"type":"anomaly","refs":["` + p.ev.ID.String() + `"],"attrs":{"kind":"lifecycle_rule","severity":"warning","` +
+		event.RuleViolations + `":` + string(vs) + `}}`
+	ev, err := event.Parse(0, []byte(raw), now, event.DefaultLimits, true)
+	if err != nil {
+		return nil, fmt.Errorf("rule alert: %w", err)
+	}
+	return lg.Prepare(ev, ServerActor)
 }
 
 // Append submits prepared events as one unit and waits until they are durable: either every event gets a
@@ -506,6 +618,8 @@ func (lg *Log) stop() {
 	close(lg.quit)
 	lg.closeMu.Unlock()
 	<-lg.done
+	lg.stopLoader()
+	<-lg.lifeReady
 	close(lg.cpWake)
 	<-lg.cpDone
 }
@@ -651,9 +765,33 @@ func (lg *Log) build(reqs []*request) *built {
 					break
 				}
 			}
+			// Lifecycle rules are decided here, against every event ordered before this one.
+			var alert *Prepared
+			if lifecycle.Tracked(p.ev.Type) {
+				<-lg.lifeReady
+				rules := lg.life.Decide(lifecycle.FactOf(p.ev, p.env.Actor, idx))
+				if len(rules) == 0 {
+					p.unmark()
+				}
+				if len(rules) > 0 {
+					err := p.markViolations(rules)
+					if err == nil {
+						alert, err = lg.alertFor(p, rules, now)
+					}
+					if err != nil {
+						r.err = err
+						break
+					}
+				}
+			}
 			batch.Entries = append(batch.Entries, store.Entry{Index: idx, ID: p.ev.ID, Recorded: rec, Type: p.ev.Type,
 				Salt: p.salt, Sealed: p.sealed, ContentKey: p.contentKey})
 			preps = append(preps, p)
+			if alert != nil {
+				batch.Entries = append(batch.Entries, store.Entry{Index: idx + 1, ID: alert.ev.ID, Recorded: rec, Type: alert.ev.Type,
+					Salt: alert.salt})
+				preps = append(preps, alert)
+			}
 			if p.ev.IDGiven {
 				pendingIDs[p.ev.ID] = dedupEntry{index: idx, key: p.contentKey}
 				added = append(added, p.ev.ID)
@@ -666,6 +804,7 @@ func (lg *Log) build(reqs []*request) *built {
 		if r.err != nil {
 			// Undo this request: nothing of a rejected request is stored.
 			batch.Entries, preps = batch.Entries[:mark], preps[:mark]
+			lg.life.Forget(start + uint64(mark))
 			for _, id := range added {
 				delete(pendingIDs, id)
 			}
@@ -794,6 +933,8 @@ func (lg *Log) catchUp() {
 				delete(lg.dedup, id)
 			}
 		}
+		<-lg.lifeReady
+		lg.life.Forget(durable)
 		sys, sysChanged := uint64(0), false
 		read := lg.store.Entries
 		if lr, ok := lg.store.(store.LeafReader); ok {
@@ -804,6 +945,15 @@ func (lg *Log) catchUp() {
 				lg.remember(e.ID, dedupEntry{index: e.Index, key: e.ContentKey})
 			}
 			lg.lastRecorded = max(lg.lastRecorded, e.Recorded)
+			if lifecycle.Tracked(e.Type) && e.Envelope == nil {
+				// Leaves carry no envelope; the lifecycle rules need this (rare) event's facts.
+				full, err := lg.store.Entry(ctx, e.Index)
+				if err != nil {
+					return err
+				}
+				e = full
+			}
+			lg.loadFact(e)
 			if e.Type == "system.registered" || e.Type == "system.updated" {
 				sys, sysChanged = e.Index, true
 			}
@@ -894,6 +1044,14 @@ func (lg *Log) commit() {
 			case lg.followWake <- struct{}{}:
 			default:
 			}
+			lg.subMu.Lock()
+			for _, ch := range lg.subs {
+				select {
+				case ch <- struct{}{}:
+				default:
+				}
+			}
+			lg.subMu.Unlock()
 		}
 	}
 	// The sequencer has stopped: requests handed back after it took its last ones will not be built again.
@@ -974,6 +1132,16 @@ func (lg *Log) appendBatch(ctx context.Context, b *store.Batch) error {
 
 // Committed fires (coalesced) after batches are committed; for a single follower such as the query index.
 func (lg *Log) Committed() <-chan struct{} { return lg.followWake }
+
+// Subscribe returns a channel that fires (coalesced) after batches are committed, for one more follower of the
+// log (the lineage registry, monitoring); each caller gets its own channel.
+func (lg *Log) Subscribe() <-chan struct{} {
+	ch := make(chan struct{}, 1)
+	lg.subMu.Lock()
+	lg.subs = append(lg.subs, ch)
+	lg.subMu.Unlock()
+	return ch
+}
 
 // Tree returns the size and root of the durable tree (which may be ahead of the published checkpoint).
 func (lg *Log) Tree() (uint64, tlog.Hash) {
@@ -1111,6 +1279,27 @@ func (lg *Log) Store() store.Log { return lg.store }
 
 // OpenPayload decrypts an entry's sealed payload. Callers must have recorded the access first.
 func (lg *Log) OpenPayload(e *store.Entry) ([]byte, error) { return OpenSealed(lg.l.keys, e) }
+
+// DisclosePayload returns an entry's per-event data key and ciphertext, so that one payload can be handed to an
+// auditor (seal.OpenDisclosed) without any period key. Callers must have recorded the access first.
+func (lg *Log) DisclosePayload(e *store.Entry) (dataKey, ciphertext []byte, err error) {
+	if e.Sealed == nil || e.Envelope == nil {
+		return nil, nil, errors.New("entry has no payload")
+	}
+	env, err := event.ParseEnvelope(e.Envelope)
+	if err != nil || env.Payload == nil {
+		return nil, nil, errors.New("entry has no payload")
+	}
+	kc, err := event.ParseSHA256(env.Payload.KeyCommit)
+	if err != nil {
+		return nil, nil, err
+	}
+	pk, err := lg.l.keys.Lookup(env.Payload.Key)
+	if err != nil {
+		return nil, nil, err
+	}
+	return seal.Disclose(pk, e.ID[:], e.Sealed, kc)
+}
 
 // OpenSealed decrypts an entry's sealed payload with the keyring, checking the data key against the
 // envelope's key commitment.

@@ -26,36 +26,7 @@ import (
 // the checkpoints both nodes publish are of one tree.
 func TestTwoNodesOneLog(t *testing.T) {
 	ctx := context.Background()
-	url, schema, _ := pgtest.Schema(t, "cairn_nodes_")
-	// Nodes share the KEK and signing key; the period keys and secrets they share through the database.
-	kek, sk := nodeKeys(t)
-	var nodes []*ledger.Ledger
-	for i := 0; i < 2; i++ {
-		st, err := pg.Open(ctx, url, pg.Options{Schema: schema, Migrate: true})
-		if err != nil {
-			t.Fatal(err)
-		}
-		keys := seal.NewKeyring(st.Keys(), kek)
-		l, err := ledger.Open(ctx, ledger.Config{Origin: "nodes.test", CheckpointInterval: 5 * time.Millisecond}, st, keys, sk)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer l.Close()
-		nodes = append(nodes, l)
-	}
-	if _, _, err := nodes[0].Register(ctx, []byte(`{"id":"s","name":"n","intended_purpose":"p","provider":"q"}`), "a"); err != nil {
-		t.Fatal(err)
-	}
-	// The second node learns of the log (a real server opens logs as they appear; here, reopen).
-	nodes[1].Close()
-	st, _ := pg.Open(ctx, url, pg.Options{Schema: schema})
-	keys := seal.NewKeyring(st.Keys(), kek)
-	var err error
-	nodes[1], err = ledger.Open(ctx, ledger.Config{Origin: "nodes.test", CheckpointInterval: 5 * time.Millisecond}, st, keys, sk)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nodes[1].Close()
+	nodes := pgNodes(t, 2, `{"id":"s","name":"n","intended_purpose":"p","provider":"q"}`)
 
 	var mu sync.Mutex
 	acked := map[uint64]string{}
@@ -165,6 +136,43 @@ func nodeKeys(t *testing.T) (seal.KEK, ed25519.PrivateKey) {
 		t.Fatal(err)
 	}
 	return kek, sk
+}
+
+// pgNodes opens n ledgers ("nodes") over one fresh PostgreSQL schema, sharing keys, with the system def registered
+// and open on every node. They are closed when the test ends.
+func pgNodes(t *testing.T, n int, def string) []*ledger.Ledger {
+	t.Helper()
+	ctx := context.Background()
+	url, schema, _ := pgtest.Schema(t, "cairn_nodes_")
+	// Nodes share the KEK and signing key; the period keys and secrets they share through the database.
+	kek, sk := nodeKeys(t)
+	open := func(migrate bool) *ledger.Ledger {
+		st, err := pg.Open(ctx, url, pg.Options{Schema: schema, Migrate: migrate})
+		if err != nil {
+			t.Fatal(err)
+		}
+		keys := seal.NewKeyring(st.Keys(), kek)
+		l, err := ledger.Open(ctx, ledger.Config{Origin: "nodes.test", CheckpointInterval: 5 * time.Millisecond}, st, keys, sk)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return l
+	}
+	first := open(true)
+	if _, _, err := first.Register(ctx, []byte(def), "a"); err != nil {
+		t.Fatal(err)
+	}
+	// The other nodes open the log as it now exists (a real server opens logs as they appear).
+	nodes := []*ledger.Ledger{first}
+	for len(nodes) < n {
+		nodes = append(nodes, open(false))
+	}
+	t.Cleanup(func() {
+		for _, l := range nodes {
+			l.Close()
+		}
+	})
+	return nodes
 }
 
 func randHex(n int) string {

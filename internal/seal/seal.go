@@ -96,28 +96,12 @@ func Check(sealed []byte, c Commitment) error {
 
 // Open decrypts a sealed payload with its period key and checks the data key against keyCommit.
 func Open(pk *PeriodKey, eventID, sealed []byte, keyCommit [32]byte) ([]byte, error) {
-	wrapped, ct, err := Split(sealed)
+	dk, ct, err := Disclose(pk, eventID, sealed, keyCommit)
 	if err != nil {
 		return nil, err
-	}
-	dk, err := pk.unwrap(eventID, wrapped)
-	if err != nil {
-		return nil, ErrOpen
 	}
 	defer clear(dk)
-	if KeyCommitment(dk) != keyCommit {
-		return nil, ErrOpen
-	}
-	aead, err := newGCM(dk)
-	if err != nil {
-		return nil, err
-	}
-	var nonce [nonceSize]byte
-	pt, err := aead.Open(nil, nonce[:], ct, eventID)
-	if err != nil {
-		return nil, ErrOpen
-	}
-	return pt, nil
+	return OpenDisclosed(dk, eventID, ct, keyCommit)
 }
 
 // Rewrap re-wraps a sealed payload's data key from one period key to another (a move to a hold key, or a
@@ -160,4 +144,36 @@ func unwrapWith(aead cipher.AEAD, aad, wrapped []byte) ([]byte, error) {
 		return nil, ErrOpen
 	}
 	return aead.Open(nil, wrapped[:nonceSize], wrapped[nonceSize:], aad)
+}
+
+// Disclose unwraps the data key of one sealed payload with its period key and returns it with the ciphertext,
+// after checking the key against keyCommit: what an auditor needs to open this one payload, and nothing that
+// opens any other.
+func Disclose(pk *PeriodKey, eventID, sealed []byte, keyCommit [32]byte) (dataKey, ciphertext []byte, err error) {
+	wrapped, ct, err := Split(sealed)
+	if err != nil {
+		return nil, nil, err
+	}
+	dk, err := pk.unwrap(eventID, wrapped)
+	if err != nil || KeyCommitment(dk) != keyCommit {
+		return nil, nil, ErrOpen
+	}
+	return dk, ct, nil
+}
+
+// OpenDisclosed decrypts a ciphertext with a disclosed data key, checking the key against keyCommit first.
+func OpenDisclosed(dataKey, eventID, ciphertext []byte, keyCommit [32]byte) ([]byte, error) {
+	if len(dataKey) != DataKeySize || KeyCommitment(dataKey) != keyCommit {
+		return nil, ErrOpen
+	}
+	aead, err := newGCM(dataKey)
+	if err != nil {
+		return nil, err
+	}
+	var nonce [nonceSize]byte
+	pt, err := aead.Open(nil, nonce[:], ciphertext, eventID)
+	if err != nil {
+		return nil, ErrOpen
+	}
+	return pt, nil
 }

@@ -19,6 +19,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/cairn-ai/cairn/internal/canon"
+	"github.com/cairn-ai/cairn/internal/lifecycle"
 	"github.com/cairn-ai/cairn/internal/pseudo"
 )
 
@@ -132,6 +133,15 @@ func Parse(b []byte) (*Definition, []byte, error) {
 		}
 		if c.FailurePolicy != "" && c.FailurePolicy != "fail-closed" && c.FailurePolicy != "spool" {
 			return nil, nil, &FieldError{Field: "/capture/failure_policy", Reason: "must be fail-closed or spool"}
+		}
+	}
+	if len(d.Lifecycle) > 0 {
+		if _, err := lifecycle.ParseRules(d.Lifecycle); err != nil {
+			var fe *lifecycle.FieldError
+			if errors.As(err, &fe) {
+				return nil, nil, &FieldError{Field: "/lifecycle" + fe.Field, Reason: fe.Reason}
+			}
+			return nil, nil, &FieldError{Field: "/lifecycle", Reason: err.Error()}
 		}
 	}
 	return &d, c, nil
