@@ -249,7 +249,11 @@ class Client:
     # Lifecycle helpers (docs/events.md for each type's fields).
 
     def log_dataset_version(self, name: str, version: str, **attrs: Any) -> str:
-        """Record a dataset version (Art. 10, Annex IV 2(d)): name, version and facts such as digest, uri, rows."""
+        """Record a dataset version (Art. 10, Annex IV 2(d)): name, version and facts such as rows and schema.
+
+        The server needs an identity for the data: ``digest`` (``"sha256:<64 hex>"`` of the content), ``dvc_md5``
+        (with ``git_revision``), ``mlflow_digest`` or ``uri``.
+        """
         return self.log({"type": "dataset.version", "attrs": {"name": name, "version": version, **attrs}})
 
     def log_training_run(self, run_id: str, *, model: Optional[ModelRef] = None, **attrs: Any) -> str:
@@ -267,15 +271,18 @@ class Client:
             a["passed"] = passed
         return self.log({"type": "evaluation", "model": _model(model), "attrs": a})
 
-    def log_approval(self, refs: Union[str, Sequence[str]], decision: str, *, scope: Optional[str] = None,
-                     rationale: Optional[str] = None) -> str:
-        """Record an approval or rejection (``decision``: approve | reject) of the events referred to."""
+    def log_approval(self, model: ModelRef, refs: Union[str, Sequence[str]], decision: str, *,
+                     scope: Optional[str] = None, rationale: Optional[str] = None) -> str:
+        """Record an approval or rejection (``decision``: approve | reject) of a model version, citing the events
+        it relied on (``refs``: its evaluations and document versions). The server checks it against the system's
+        lifecycle rules (four eyes, an evaluation of the same version) and records a rule-breaking approval as
+        such, not as an approval."""
         if isinstance(refs, str):
             refs = [refs]
         a: Dict[str, Any] = {"decision": decision}
         if scope:
             a["scope"] = scope
-        return self.log({"type": "approval", "refs": list(refs), "attrs": a,
+        return self.log({"type": "approval", "model": _model(model), "refs": list(refs), "attrs": a,
                          "payload": {"rationale": rationale} if rationale else None})
 
     def log_deployment(self, model: ModelRef, deployment: str, action: str = "deployed", **attrs: Any) -> str:
