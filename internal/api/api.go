@@ -221,6 +221,18 @@ func (s *Server) authorizeEverywhere(w http.ResponseWriter, r *http.Request, rol
 	return p
 }
 
+// scoped is the preamble of a route that acts on the system in its path: the caller must hold role there, and the
+// system must exist. It has answered the request when ok is false.
+func (s *Server) scoped(w http.ResponseWriter, r *http.Request, role string) (p *Principal, lg *ledger.Log, ok bool) {
+	if p = s.authorize(w, r, role, r.PathValue("system")); p == nil {
+		return nil, nil, false
+	}
+	if lg, ok = s.log(w, r); !ok {
+		return nil, nil, false
+	}
+	return p, lg, true
+}
+
 func (s *Server) log(w http.ResponseWriter, r *http.Request) (*ledger.Log, bool) {
 	lg, err := s.ledger.Log(r.PathValue("system"))
 	if err != nil {
@@ -381,10 +393,7 @@ func (s *Server) listSystems(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) getSystem(w http.ResponseWriter, r *http.Request) {
-	if s.authorize(w, r, RoleAuditor, r.PathValue("system")) == nil {
-		return
-	}
-	lg, ok := s.log(w, r)
+	_, lg, ok := s.scoped(w, r, RoleAuditor)
 	if !ok {
 		return
 	}
@@ -408,15 +417,11 @@ type IngestReceipt struct {
 }
 
 func (s *Server) ingest(w http.ResponseWriter, r *http.Request) {
-	sys := r.PathValue("system")
-	p := s.authorize(w, r, RoleIngest, sys)
-	if p == nil {
-		return
-	}
-	lg, ok := s.log(w, r)
+	p, lg, ok := s.scoped(w, r, RoleIngest)
 	if !ok {
 		return
 	}
+	sys := lg.Name()
 	if lg.QueueFull() {
 		// Push back before reading and preparing the body, so memory stays bounded under overload.
 		writeError(w, ledger.ErrBusy)
@@ -490,15 +495,11 @@ type EventResponse struct {
 }
 
 func (s *Server) getEvent(w http.ResponseWriter, r *http.Request) {
-	sys := r.PathValue("system")
-	p := s.authorize(w, r, RoleAuditor, sys)
-	if p == nil {
-		return
-	}
-	lg, ok := s.log(w, r)
+	p, lg, ok := s.scoped(w, r, RoleAuditor)
 	if !ok {
 		return
 	}
+	sys := lg.Name()
 	idx, ok := s.refIndex(w, r, sys)
 	if !ok {
 		return
@@ -572,15 +573,11 @@ type QueryRow struct {
 var queryParams = []string{"type", "from", "to", "recorded_from", "recorded_to", "model", "model_version", "deployment", "actor", "after", "limit"}
 
 func (s *Server) queryEvents(w http.ResponseWriter, r *http.Request) {
-	sys := r.PathValue("system")
-	p := s.authorize(w, r, RoleAuditor, sys)
-	if p == nil {
-		return
-	}
-	lg, ok := s.log(w, r)
+	p, lg, ok := s.scoped(w, r, RoleAuditor)
 	if !ok {
 		return
 	}
+	sys := lg.Name()
 	if s.index == nil {
 		writeProblem(w, Problem{Status: http.StatusServiceUnavailable, Detail: "the query index is not running"})
 		return
@@ -666,10 +663,7 @@ func queryUint(r *http.Request, name string) (uint64, bool) {
 }
 
 func (s *Server) inclusion(w http.ResponseWriter, r *http.Request) {
-	if s.authorize(w, r, RoleAuditor, r.PathValue("system")) == nil {
-		return
-	}
-	lg, ok := s.log(w, r)
+	_, lg, ok := s.scoped(w, r, RoleAuditor)
 	if !ok {
 		return
 	}
@@ -691,10 +685,7 @@ func (s *Server) inclusion(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) consistency(w http.ResponseWriter, r *http.Request) {
-	if s.authorize(w, r, RoleAuditor, r.PathValue("system")) == nil {
-		return
-	}
-	lg, ok := s.log(w, r)
+	_, lg, ok := s.scoped(w, r, RoleAuditor)
 	if !ok {
 		return
 	}

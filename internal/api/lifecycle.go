@@ -158,12 +158,7 @@ type CheckResponse struct {
 // lifecycleCheck answers whether an event (typically a deployment), appended now by the caller, would comply
 // with the system's lifecycle rules. Nothing is recorded: a gate records its own decision.
 func (s *Server) lifecycleCheck(w http.ResponseWriter, r *http.Request) {
-	sys := r.PathValue("system")
-	p := s.authorize(w, r, RoleIngest, sys)
-	if p == nil {
-		return
-	}
-	lg, ok := s.log(w, r)
+	p, lg, ok := s.scoped(w, r, RoleIngest)
 	if !ok {
 		return
 	}

@@ -108,15 +108,11 @@ func checkPurpose(p string) error {
 }
 
 func (s *Server) reidentify(w http.ResponseWriter, r *http.Request) {
-	sys := r.PathValue("system")
-	p := s.authorize(w, r, RoleDPO, sys)
-	if p == nil || s.noVault(w) {
+	p, lg, ok := s.scoped(w, r, RoleDPO)
+	if !ok || s.noVault(w) {
 		return
 	}
-	lg, ok := s.log(w, r)
-	if !ok {
-		return
-	}
+	sys := lg.Name()
 	var req ReidentifyRequest
 	if !decodeStrict(w, r, &req, "{pseudonyms, purpose}") {
 		return
