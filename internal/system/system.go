@@ -50,6 +50,9 @@ type Definition struct {
 	Oversight   jsontext.Value `json:"oversight,omitzero"`
 	Monitoring  jsontext.Value `json:"monitoring,omitzero"`
 	Gates       jsontext.Value `json:"gates,omitzero"`
+	// InputSchema is a JSON Schema of the inference payload; "x-personal": true marks the fields the field policy
+	// must cover (gates check it).
+	InputSchema jsontext.Value `json:"input_schema,omitzero"`
 }
 
 var slugRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,63}$`)
@@ -110,10 +113,17 @@ func Parse(b []byte) (*Definition, []byte, error) {
 	for name, v := range map[string]jsontext.Value{
 		"/provider_info": d.ProviderInfo, "/field_policy": d.FieldPolicy, "/retention": d.Retention,
 		"/lifecycle": d.Lifecycle, "/oversight": d.Oversight, "/monitoring": d.Monitoring, "/gates": d.Gates,
+		"/input_schema": d.InputSchema,
 	} {
 		if len(v) > 0 && v.Kind() != '{' {
 			return nil, nil, &FieldError{Field: name, Reason: "must be an object"}
 		}
+	}
+	if _, err := ParseProviderInfo(d.ProviderInfo); err != nil {
+		return nil, nil, err
+	}
+	if _, err := PersonalFields(d.InputSchema); err != nil {
+		return nil, nil, err
 	}
 	if len(d.Lifecycle) > 0 {
 		if _, err := lifecycle.ParseRules(d.Lifecycle); err != nil {
