@@ -249,7 +249,7 @@ func (r *reader) str() []byte {
 	return r.raw(int(n))
 }
 
-// ParsePrivateKey reads an Ed25519 private key: an unencrypted OpenSSH private key (ssh-keygen -t ed25519 -N ”)
+// ParsePrivateKey reads an Ed25519 private key: an unencrypted OpenSSH private key (ssh-keygen -t ed25519 -N "")
 // or a PKCS #8 PEM block (openssl genpkey -algorithm ed25519). Encrypted keys are refused: sign with
 // `ssh-keygen -Y sign` and hand over the signature instead.
 func ParsePrivateKey(b []byte) (ed25519.PrivateKey, error) {
