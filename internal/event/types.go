@@ -180,9 +180,17 @@ var Specs = map[string]*Spec{
 		"harm_category": {Kind: KindString}, "awareness": {Kind: KindTimestamp}, "report_deadline": {Kind: KindTimestamp},
 		"member_states": {Kind: KindStrings}, "status": {Kind: KindString},
 	})},
-	"document": {Class: ClassDoc, Require: []string{"kind", "digest"}, Attrs: attrs(map[string]Attr{
+	"document": {Class: ClassDoc, Require: []string{"kind", "digest"}, Check: checkDocument, Attrs: attrs(map[string]Attr{
 		"kind": {Kind: KindString}, "digest": {Kind: KindString}, "format": {Kind: KindString},
 		"at": {Kind: KindTimestamp}, "checkpoint_size": {Kind: KindNonNegative},
+		// period_from and period_to bound a monitoring summary; subject is the event a reconstruction is about.
+		"period_from": {Kind: KindTimestamp}, "period_to": {Kind: KindTimestamp}, "subject": {Kind: KindString},
+		// A signature over the document digest (docs/documents.md): the signature, its format and the signer's
+		// public key, so that cairn verify can check it from the log alone.
+		"signature":          {Kind: KindString},
+		"signature_format":   {Kind: KindString, Enum: []string{"ssh", "ed25519"}},
+		"signer_key":         {Kind: KindString},
+		"signer_fingerprint": {Kind: KindString},
 	})},
 	"access": {Class: ClassLog, Require: []string{"action"}, Attrs: attrs(map[string]Attr{
 		"action": {Kind: KindString, Enum: []string{"read", "export", "reidentify", "query"}},
@@ -212,7 +220,8 @@ var Specs = map[string]*Spec{
 	})},
 	"gate": {Class: ClassDoc, Require: []string{"result"}, Attrs: attrs(map[string]Attr{
 		"result": {Kind: KindString, Enum: []string{"pass", "fail"}}, "policy_digest": {Kind: KindString},
-		"rules": {Kind: KindNumber}, "failed": {Kind: KindNumber},
+		"rules": {Kind: KindNumber}, "failed": {Kind: KindNumber}, "failed_rules": {Kind: KindStrings},
+		"checkpoint_size": {Kind: KindNonNegative},
 	})},
 }
 
@@ -256,6 +265,14 @@ func checkDataset(ev *Event) (string, string) {
 		}
 	}
 	return "/attrs/digest", "missing: a dataset version needs an identity: digest (SHA-256 of the content), dvc_md5, mlflow_digest or uri"
+}
+
+func checkDocument(ev *Event) (string, string) {
+	sig, key, format := hasMember(ev.Attrs, "signature"), hasMember(ev.Attrs, "signer_key"), hasMember(ev.Attrs, "signature_format")
+	if sig != key || sig != format {
+		return "/attrs/signature", "signature, signature_format and signer_key go together"
+	}
+	return "", ""
 }
 
 func checkRun(ev *Event) (string, string) {
