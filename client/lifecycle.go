@@ -58,3 +58,13 @@ func (c *Client) CheckLifecycle(ctx context.Context, system string, ev Event) (*
 	var r CheckResult
 	return &r, json.Unmarshal(b, &r)
 }
+
+// GetID reads an event by its id (needs the auditor role; the read is recorded as an access event).
+func (c *Client) GetID(ctx context.Context, system, id string) (*EventRecord, error) {
+	b, err := c.do(ctx, "GET", "/v1/systems/"+url.PathEscape(system)+"/events/"+url.PathEscape(id), nil, true)
+	if err != nil {
+		return nil, err
+	}
+	var r EventRecord
+	return &r, json.Unmarshal(b, &r)
+}

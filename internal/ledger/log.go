@@ -133,6 +133,10 @@ type Log struct {
 	// life holds the facts the lifecycle rules are decided against; the sequencer decides and records each
 	// lifecycle event in it as it orders it (speculatively, like the dedup map: undone when a batch is not stored).
 	life *lifecycle.State
+	// lifeReady is closed once life holds the facts of the entries the log had when it was opened: a background
+	// read, so that opening a large log does not wait for it. Only lifecycle decisions wait for it.
+	lifeReady  chan struct{}
+	stopLoader context.CancelFunc
 }
 
 type publishedCheckpoint struct {
@@ -153,6 +157,7 @@ func newLog(ctx context.Context, l *Ledger, name string, sl store.Log) (*Log, er
 		cpWake: make(chan struct{}, 1), cpDone: make(chan struct{}),
 		followWake: make(chan struct{}, 1),
 		life:       lifecycle.NewState(),
+		lifeReady:  make(chan struct{}),
 	}
 	if sh, ok := sl.(store.Shared); ok && sh.Shared() {
 		lg.shared = true
@@ -196,9 +201,17 @@ func newLog(ctx context.Context, l *Ledger, name string, sl store.Log) (*Log, er
 	if err := lg.loadDedup(ctx); err != nil {
 		return nil, err
 	}
-	if err := lg.loadLifecycle(ctx, 0, n); err != nil {
-		return nil, err
-	}
+	lctx, cancel := context.WithCancel(context.Background())
+	lg.stopLoader = cancel
+	go func() {
+		defer close(lg.lifeReady)
+		if err := lg.loadLifecycle(lctx, 0, n); err != nil && lctx.Err() == nil {
+			// Without the facts the rules cannot be decided: the log takes no more appends until restarted.
+			err = fmt.Errorf("read lifecycle events: %w", err)
+			lg.broken.CompareAndSwap(nil, &err)
+			l.cfg.Logger.Error("lifecycle state", "system", name, "err", err)
+		}
+	}()
 	go lg.sequence()
 	go lg.commit()
 	go lg.checkpointer()
@@ -289,6 +302,7 @@ func (lg *Log) loadFact(e *store.Entry) {
 // rules it would break, or nil. Nothing is recorded. It answers on the sequencer's state, which may include
 // events being committed; the sequencer decides again when the event is appended.
 func (lg *Log) CheckLifecycle(ev *event.Event, actor string) []string {
+	<-lg.lifeReady
 	return lg.life.Check(lifecycle.FactOf(ev, actor, math.MaxUint64))
 }
 
@@ -532,6 +546,8 @@ func (lg *Log) stop() {
 	close(lg.quit)
 	lg.closeMu.Unlock()
 	<-lg.done
+	lg.stopLoader()
+	<-lg.lifeReady
 	close(lg.cpWake)
 	<-lg.cpDone
 }
@@ -674,6 +690,7 @@ func (lg *Log) build(reqs []*request) *built {
 			// Lifecycle rules are decided here, against every event ordered before this one.
 			var alert *Prepared
 			if lifecycle.Tracked(p.ev.Type) {
+				<-lg.lifeReady
 				if rules := lg.life.Decide(lifecycle.FactOf(p.ev, p.env.Actor, idx)); len(rules) > 0 {
 					err := p.markViolations(rules)
 					if err == nil {
@@ -788,6 +805,7 @@ func (lg *Log) catchUp() {
 				delete(lg.dedup, id)
 			}
 		}
+		<-lg.lifeReady
 		lg.life.Forget(durable)
 		sys, sysChanged := uint64(0), false
 		err := lg.store.Entries(ctx, durable, n, func(e *store.Entry) error {

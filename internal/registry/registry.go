@@ -9,6 +9,7 @@
 package registry
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -186,10 +187,9 @@ func (r *Registry) parse(system string, e *store.Entry) parsedEntry {
 	if e.Type == "inference" {
 		// Only the model is needed: read it without decoding the whole envelope.
 		if m, ok := event.Member(e.Envelope, "model"); ok {
-			var mm event.Model
-			if json.Unmarshal(m, &mm) == nil {
-				p.model = lifecycle.Version{Name: mm.Name, Version: mm.Version}
-			}
+			n, _ := event.Member(m, "name")
+			v, _ := event.Member(m, "version")
+			p.model = lifecycle.Version{Name: jsonString(n), Version: jsonString(v)}
 		}
 		return p
 	}
@@ -214,6 +214,16 @@ func (r *Registry) parse(system string, e *store.Entry) parsedEntry {
 	}
 	p.node = n
 	return p
+}
+
+// jsonString decodes a canonical JSON string value, without reflection when it has no escapes.
+func jsonString(b []byte) string {
+	if len(b) >= 2 && b[0] == '"' && bytes.IndexByte(b, '\\') < 0 {
+		return string(b[1 : len(b)-1])
+	}
+	var s string
+	json.Unmarshal(b, &s)
+	return s
 }
 
 func (s *sys) version(v lifecycle.Version) *version {
