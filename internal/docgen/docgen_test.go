@@ -18,6 +18,7 @@ import (
 	"golang.org/x/mod/sumdb/tlog"
 
 	"github.com/cairn-ai/cairn/internal/docgen"
+	. "github.com/cairn-ai/cairn/internal/docgen/docgentest"
 	"github.com/cairn-ai/cairn/internal/ledger"
 )
 
@@ -28,15 +29,15 @@ var textFormats = []string{docgen.FormatMarkdown, docgen.FormatHTML, docgen.Form
 // TestGolden: the fixed scenario gives byte-identical documents of every kind in every text format, run after
 // run (the golden files), and generating twice from one log gives the same bytes.
 func TestGolden(t *testing.T) {
-	w := scenario(t, nil)
-	docs := all(t, w)
+	w := Scenario(t, nil)
+	docs := All(t, w)
 	for kind, d := range docs {
 		for _, f := range textFormats {
 			b, err := docgen.Render(d, f)
 			if err != nil {
 				t.Fatal(err)
 			}
-			again, _ := docgen.Render(doc(t, w, kind, requests(w)[kind].ModelVersion, requests(w)[kind].From, requests(w)[kind].To, requests(w)[kind].Event), f)
+			again, _ := docgen.Render(Doc(t, w, kind, Requests(w)[kind].ModelVersion, Requests(w)[kind].From, Requests(w)[kind].To, Requests(w)[kind].Event), f)
 			if !bytes.Equal(b, again) {
 				t.Errorf("%s.%s: two generations from the same log state differ", kind, f)
 			}
@@ -74,12 +75,12 @@ func firstDiff(a, b []byte) int {
 // TestSourceChangeChangesDocument: changing one source event changes the documents that draw on it, and the
 // citation of that event (its digest), while citations of untouched events stay.
 func TestSourceChangeChangesDocument(t *testing.T) {
-	base := all(t, scenario(t, nil))
-	changed := scenario(t, func(raw string) string {
+	base := All(t, Scenario(t, nil))
+	changed := Scenario(t, func(raw string) string {
 		return strings.Replace(raw, `"metrics":{"auc":0.81,`, `"metrics":{"auc":0.82,`, 1)
 	})
-	ch := all(t, changed)
-	evalID := changed.id("eval1")
+	ch := All(t, changed)
+	evalID := changed.ID("eval1")
 	for _, kind := range []string{docgen.KindModelCard, docgen.KindEvaluation, docgen.KindAnnexIV} {
 		a, _ := docgen.Render(base[kind], docgen.FormatJSON)
 		b, _ := docgen.Render(ch[kind], docgen.FormatJSON)
@@ -91,7 +92,7 @@ func TestSourceChangeChangesDocument(t *testing.T) {
 		if len(ca) == 0 || len(ca) != len(cb) || ca[0] == cb[0] {
 			t.Errorf("%s: citations of the changed evaluation: %v → %v", kind, ca, cb)
 		}
-		if da, db := citesOf(base[kind], changed.id("model1")), citesOf(ch[kind], changed.id("model1")); len(da) == 0 || da[0] != db[0] {
+		if da, db := citesOf(base[kind], changed.ID("model1")), citesOf(ch[kind], changed.ID("model1")); len(da) == 0 || da[0] != db[0] {
 			t.Errorf("%s: citation of an untouched event changed: %v → %v", kind, da, db)
 		}
 		if base[kind].Checkpoint.Note == ch[kind].Checkpoint.Note {
@@ -140,19 +141,19 @@ var art13 = []string{"(a)", "(b)", "(b)(i)", "(b)(ii)", "(b)(iii)", "(b)(iv)", "
 // TestEverySectionFilledOrMissing: every Annex IV point, Annex V item and Art. 13(3) point appears, in order,
 // and says something: a statement citing the log or definition, a table, or a gap naming what would supply it.
 func TestEverySectionFilledOrMissing(t *testing.T) {
-	w := scenario(t, nil)
+	w := Scenario(t, nil)
 	// A bare definition too: almost everything is missing then, and each gap must say what supplies it.
-	bare := newWorld(t, nil)
-	bare.at(Start.Add(time.Hour))
-	if _, _, err := bare.l.Register(context.Background(), []byte(`{"id":"credit","name":"Credit scoring","provider":"Acme","intended_purpose":"scoring"}`), "admin"); err != nil {
+	bare := NewWorld(t, nil)
+	bare.At(Start.Add(time.Hour))
+	if _, _, err := bare.L.Register(context.Background(), []byte(`{"id":"credit","name":"Credit scoring","provider":"Acme","intended_purpose":"scoring"}`), "admin"); err != nil {
 		t.Fatal(err)
 	}
 	for _, c := range []struct {
 		kind string
 		want []string
 	}{{docgen.KindAnnexIV, annexIV}, {docgen.KindDeclaration, annexV}, {docgen.KindInstructions, art13}} {
-		for name, wd := range map[string]*world{"scenario": w, "bare": bare} {
-			d, err := docgen.Generate(context.Background(), wd.lg, "", docgen.Request{Kind: c.kind, At: At})
+		for name, wd := range map[string]*World{"scenario": w, "bare": bare} {
+			d, err := docgen.Generate(context.Background(), wd.Log, "", docgen.Request{Kind: c.kind, At: At})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -226,8 +227,8 @@ func htmlHeadings(t *testing.T, b []byte) []string {
 
 // TestHTMLParsesWithEveryHeading: every kind's HTML parses and holds every section heading, and the checkpoint.
 func TestHTMLParsesWithEveryHeading(t *testing.T) {
-	w := scenario(t, nil)
-	for kind, d := range all(t, w) {
+	w := Scenario(t, nil)
+	for kind, d := range All(t, w) {
 		b, _ := docgen.Render(d, docgen.FormatHTML)
 		hs := htmlHeadings(t, b)
 		for _, h := range append(d.Headings(), "Checkpoint") {
@@ -241,9 +242,9 @@ func TestHTMLParsesWithEveryHeading(t *testing.T) {
 // TestCheckpointAndCitationsVerify: each format ends with a checkpoint signed by the log's key for exactly the
 // state generated against, and every citation is provably a leaf of that tree with the cited digest.
 func TestCheckpointAndCitationsVerify(t *testing.T) {
-	w := scenario(t, nil)
-	vkey := w.l.VerifierKey("credit")
-	d := doc(t, w, docgen.KindAnnexIV, "credit@1", time.Time{}, time.Time{}, "")
+	w := Scenario(t, nil)
+	vkey := w.L.VerifierKey("credit")
+	d := Doc(t, w, docgen.KindAnnexIV, "credit@1", time.Time{}, time.Time{}, "")
 	for _, f := range textFormats {
 		b, _ := docgen.Render(d, f)
 		note, err := docgen.ExtractCheckpoint(b)
@@ -264,11 +265,11 @@ func TestCheckpointAndCitationsVerify(t *testing.T) {
 	check := func(cs []docgen.Cite) {
 		for _, c := range cs {
 			n++
-			e, err := w.lg.Entry(context.Background(), c.Leaf)
+			e, err := w.Log.Entry(context.Background(), c.Leaf)
 			if err != nil || e.ID.String() != c.Event || "sha256:"+hexs(e.Digest[:]) != c.Digest {
 				t.Fatalf("citation %+v does not name its leaf: %v", c, err)
 			}
-			proof, err := tlog.ProveRecord(int64(cp.Size), int64(c.Leaf), w.lg.Store())
+			proof, err := tlog.ProveRecord(int64(cp.Size), int64(c.Leaf), w.Log.Store())
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -295,7 +296,7 @@ func TestCheckpointAndCitationsVerify(t *testing.T) {
 		t.Errorf("only %d citations checked", n)
 	}
 	// Before the system was registered there is nothing to document.
-	if _, err := docgen.Generate(context.Background(), w.lg, vkey, docgen.Request{Kind: docgen.KindModelCard, At: Start.Add(-time.Hour)}); !errors.Is(err, docgen.ErrEmpty) {
+	if _, err := docgen.Generate(context.Background(), w.Log, vkey, docgen.Request{Kind: docgen.KindModelCard, At: Start.Add(-time.Hour)}); !errors.Is(err, docgen.ErrEmpty) {
 		t.Errorf("a document before registration: %v", err)
 	}
 }
@@ -325,9 +326,9 @@ func TestPDF(t *testing.T) {
 			t.Skip("chromium or pdftotext not installed")
 		}
 	}
-	w := scenario(t, nil)
+	w := Scenario(t, nil)
 	dir := t.TempDir()
-	for kind, d := range all(t, w) {
+	for kind, d := range All(t, w) {
 		h, _ := docgen.Render(d, docgen.FormatHTML)
 		pdf, err := docgen.PDF(context.Background(), h)
 		if err != nil {

@@ -1,10 +1,12 @@
-package docgen_test
+// Package docgentest builds the fixed scenario log that docgen's golden files, the gate tests and the committed
+// examples are generated from: deterministic (seeded crypto randomness, a simulated clock, fixed keys), so the
+// same code gives the same log, byte for byte. It is for tests only.
+package docgentest
 
 import (
 	"context"
 	"crypto/ed25519"
 	"fmt"
-	"strings"
 	"sync/atomic"
 	"testing"
 	"testing/cryptotest"
@@ -20,8 +22,8 @@ import (
 
 // The scenario's fixed keys: the log's checkpoint key and the signatory's key.
 var (
-	logKey       = ed25519.NewKeyFromSeed([]byte("cairn docgen scenario: log key!!"))
-	signatoryKey = ed25519.NewKeyFromSeed([]byte("cairn docgen scenario: signatory"))
+	LogKey       = ed25519.NewKeyFromSeed([]byte("cairn docgen scenario: log key!!"))
+	SignatoryKey = ed25519.NewKeyFromSeed([]byte("cairn docgen scenario: signatory"))
 )
 
 // Start is the scenario's first moment; At the moment its documents are generated for.
@@ -31,10 +33,10 @@ var (
 )
 
 // world is a ledger on a simulated clock, with deterministic randomness, holding the scenario.
-type world struct {
+type World struct {
 	t     testing.TB
-	l     *ledger.Ledger
-	lg    *ledger.Log
+	L     *ledger.Ledger
+	Log   *ledger.Log
 	clock atomic.Pointer[time.Time]
 	// mutate may rewrite a client event before it is appended (to show that changing a source changes documents).
 	mutate func(string) string
@@ -58,11 +60,11 @@ const definition = `{"id":"credit","name":"Credit scoring","version":"2.1","prov
 "instructions":{"b(vii)":"Scores range 300-850; below 550 the application goes to a credit officer."},
 "monitoring_plan":{"1":"All versions of credit in production; quarterly review.","3":"AUC >= 0.75, demographic parity difference <= 0.1, PSI <= 0.2."}}}`
 
-func newWorld(t testing.TB, mutate func(string) string) *world {
+func NewWorld(t testing.TB, mutate func(string) string) *World {
 	if tt, ok := t.(*testing.T); ok {
 		cryptotest.SetGlobalRandom(tt, 6)
 	}
-	w := &world{t: t, mutate: mutate, ids: map[string]ledger.Receipt{}}
+	w := &World{t: t, mutate: mutate, ids: map[string]ledger.Receipt{}}
 	now := Start
 	w.clock.Store(&now)
 	kek, _ := seal.NewKEK([]byte("0123456789abcdef0123456789abcdef"))
@@ -75,40 +77,40 @@ func newWorld(t testing.TB, mutate func(string) string) *world {
 		t.Fatal(err)
 	}
 	cfg := ledger.Config{Origin: "bank.example/cairn", CheckpointInterval: time.Millisecond, Now: func() time.Time { return *w.clock.Load() }}
-	if w.l, err = ledger.Open(context.Background(), cfg, st, keys, logKey); err != nil {
+	if w.L, err = ledger.Open(context.Background(), cfg, st, keys, LogKey); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { w.l.Close() })
-	if _, _, err := w.l.Register(context.Background(), []byte(definition), "admin"); err != nil {
+	t.Cleanup(func() { w.L.Close() })
+	if _, _, err := w.L.Register(context.Background(), []byte(definition), "admin"); err != nil {
 		t.Fatal(err)
 	}
-	w.lg, _ = w.l.Log("credit")
+	w.Log, _ = w.L.Log("credit")
 	return w
 }
 
-func (w *world) at(t time.Time) { w.clock.Store(&t) }
+func (w *World) At(t time.Time) { w.clock.Store(&t) }
 
-func (w *world) now() time.Time { return *w.clock.Load() }
+func (w *World) Now() time.Time { return *w.clock.Load() }
 
 // add appends events (one request) as actor; name, if set, remembers the first.
-func (w *world) add(name, actor string, raws ...string) ledger.Receipt {
+func (w *World) Add(name, actor string, raws ...string) ledger.Receipt {
 	w.t.Helper()
 	var ps []*ledger.Prepared
 	for i, raw := range raws {
 		if w.mutate != nil {
 			raw = w.mutate(raw)
 		}
-		ev, err := event.Parse(i, []byte(raw), w.now(), event.DefaultLimits, false)
+		ev, err := event.Parse(i, []byte(raw), w.Now(), event.DefaultLimits, false)
 		if err != nil {
 			w.t.Fatalf("parse %s: %v", raw, err)
 		}
-		p, err := w.lg.Prepare(ev, actor)
+		p, err := w.Log.Prepare(ev, actor)
 		if err != nil {
 			w.t.Fatal(err)
 		}
 		ps = append(ps, p)
 	}
-	rs, err := w.lg.Append(context.Background(), ps)
+	rs, err := w.Log.Append(context.Background(), ps)
 	if err != nil {
 		w.t.Fatal(err)
 	}
@@ -118,12 +120,12 @@ func (w *world) add(name, actor string, raws ...string) ledger.Receipt {
 	return rs[0]
 }
 
-func (w *world) id(name string) string { return w.ids[name].ID.String() }
+func (w *World) ID(name string) string { return w.ids[name].ID.String() }
 
 // generate makes a document at the world's current time, records it like the API does and returns it.
-func (w *world) generate(kind, version string, actor string) (*docgen.Document, string, ledger.Receipt) {
+func (w *World) Generate(kind, version string, actor string) (*docgen.Document, string, ledger.Receipt) {
 	w.t.Helper()
-	d, err := docgen.Generate(context.Background(), w.lg, w.l.VerifierKey("credit"), docgen.Request{Kind: kind, ModelVersion: version, At: w.now()})
+	d, err := docgen.Generate(context.Background(), w.Log, w.L.VerifierKey("credit"), docgen.Request{Kind: kind, ModelVersion: version, At: w.Now()})
 	if err != nil {
 		w.t.Fatal(err)
 	}
@@ -132,7 +134,7 @@ func (w *world) generate(kind, version string, actor string) (*docgen.Document, 
 		w.t.Fatal(err)
 	}
 	dg := docgen.Digest(b)
-	r, err := w.l.AppendServer(context.Background(), "credit", docgen.Event(d, docgen.FormatMarkdown, dg), actor)
+	r, err := w.L.AppendServer(context.Background(), "credit", docgen.Event(d, docgen.FormatMarkdown, dg), actor)
 	if err != nil {
 		w.t.Fatal(err)
 	}
@@ -143,45 +145,45 @@ func (w *world) generate(kind, version string, actor string) (*docgen.Document, 
 // own data, evaluated with per-group figures, approved (the second by its own registrant, which breaks the
 // four-eyes rule) and deployed; traffic with overrides, an anomaly and an incident; instructions for use, an
 // evaluation report and a signed declaration of conformity recorded along the way.
-func scenario(t testing.TB, mutate func(string) string) *world {
-	w := newWorld(t, mutate)
+func Scenario(t testing.TB, mutate func(string) string) *World {
+	w := NewWorld(t, mutate)
 	day := func(n int) time.Time { return Start.Add(time.Duration(n) * 24 * time.Hour) }
 	for v := 1; v <= 2; v++ {
 		base := (v - 1) * 45
-		w.at(day(base + 1))
-		w.add(fmt.Sprintf("data%d", v), "data-eng", fmt.Sprintf(`{"type":"dataset.version","attrs":{"name":"applications","version":"2026-q%d","digest":"sha256:%064x","rows":%d,"source_type":"warehouse","source":"loans.applications","statistics":{"default_rate":0.0%d}}}`, v, v, 120000*v, 4+v))
-		w.add(fmt.Sprintf("run%d", v), "alice", fmt.Sprintf(`{"type":"training.run","refs":[%q],"attrs":{"run_id":"run-%d","experiment":"credit-gbt","status":"finished","params":{"max_depth":"%d","n_estimators":"400"},"metrics":{"train_auc":0.8%d},"code_revision":"git:4f1c%d","started":%q,"ended":%q}}`,
-			w.id(fmt.Sprintf("data%d", v)), v, 4+v, v, v, day(base+1).Format(time.RFC3339), day(base+1).Add(2*time.Hour).Format(time.RFC3339)))
+		w.At(day(base + 1))
+		w.Add(fmt.Sprintf("data%d", v), "data-eng", fmt.Sprintf(`{"type":"dataset.version","attrs":{"name":"applications","version":"2026-q%d","digest":"sha256:%064x","rows":%d,"source_type":"warehouse","source":"loans.applications","statistics":{"default_rate":0.0%d}}}`, v, v, 120000*v, 4+v))
+		w.Add(fmt.Sprintf("run%d", v), "alice", fmt.Sprintf(`{"type":"training.run","refs":[%q],"attrs":{"run_id":"run-%d","experiment":"credit-gbt","status":"finished","params":{"max_depth":"%d","n_estimators":"400"},"metrics":{"train_auc":0.8%d},"code_revision":"git:4f1c%d","started":%q,"ended":%q}}`,
+			w.ID(fmt.Sprintf("data%d", v)), v, 4+v, v, v, day(base+1).Format(time.RFC3339), day(base+1).Add(2*time.Hour).Format(time.RFC3339)))
 		from := ""
 		if v > 1 {
 			from = fmt.Sprintf(`,"from_version":"%d","change_classification":"non_substantial"`, v-1)
 		}
-		w.add(fmt.Sprintf("model%d", v), "alice", fmt.Sprintf(`{"type":"model.version","model":{"name":"credit","version":"%d","digest":"sha256:%064x"},"refs":[%q],"attrs":{"run_id":"run-%d","format":"sklearn"%s}}`, v, 100+v, w.id(fmt.Sprintf("run%d", v)), v, from))
-		w.at(day(base + 3))
-		w.add(fmt.Sprintf("eval%d", v), "carol", fmt.Sprintf(`{"type":"evaluation","model":{"name":"credit","version":"%d"},"attrs":{"dataset":"applications@2026-q%d-holdout","metrics":{"auc":0.8%d,"error_rate":0.1%d},"thresholds":{"auc":0.75,"error_rate_max":0.15},"passed":true,
+		w.Add(fmt.Sprintf("model%d", v), "alice", fmt.Sprintf(`{"type":"model.version","model":{"name":"credit","version":"%d","digest":"sha256:%064x"},"refs":[%q],"attrs":{"run_id":"run-%d","format":"sklearn"%s}}`, v, 100+v, w.ID(fmt.Sprintf("run%d", v)), v, from))
+		w.At(day(base + 3))
+		w.Add(fmt.Sprintf("eval%d", v), "carol", fmt.Sprintf(`{"type":"evaluation","model":{"name":"credit","version":"%d"},"attrs":{"dataset":"applications@2026-q%d-holdout","metrics":{"auc":0.8%d,"error_rate":0.1%d},"thresholds":{"auc":0.75,"error_rate_max":0.15},"passed":true,
 "group_metrics":{"sex=female":{"n":4100,"selection_rate":0.3%d,"tpr":0.7%d,"positives":900},"sex=male":{"n":4900,"selection_rate":0.34,"tpr":0.74,"positives":1100},"age=18-24":{"n":12,"selection_rate":0.1,"tpr":0.5,"positives":2},"age=25-64":{"n":7400,"selection_rate":0.33,"tpr":0.73,"positives":1700},"age=65+":{"n":1588,"selection_rate":0.2%d,"tpr":0.6%d,"positives":298}}}}`, v, v, v, v+1, v, v+1, v+3, v+5))
 		approver := "bob"
 		if v == 2 {
 			approver = "alice" // the registrant approves her own version: four eyes broken, the approval does not count
 		}
-		w.add(fmt.Sprintf("approval%d", v), approver, fmt.Sprintf(`{"type":"approval","model":{"name":"credit","version":"%d"},"refs":[%q],"attrs":{"decision":"approve"},"payload":{"justification":"meets the thresholds"}}`, v, w.id(fmt.Sprintf("eval%d", v))))
+		w.Add(fmt.Sprintf("approval%d", v), approver, fmt.Sprintf(`{"type":"approval","model":{"name":"credit","version":"%d"},"refs":[%q],"attrs":{"decision":"approve"},"payload":{"justification":"meets the thresholds"}}`, v, w.ID(fmt.Sprintf("eval%d", v))))
 		if v == 1 {
-			w.at(day(base + 4))
-			w.generate(docgen.KindEvaluation, "credit@1", "carol")
-			w.generate(docgen.KindInstructions, "credit@1", "compliance")
-			_, dg, r := w.generate(docgen.KindDeclaration, "credit@1", "compliance")
+			w.At(day(base + 4))
+			w.Generate(docgen.KindEvaluation, "credit@1", "carol")
+			w.Generate(docgen.KindInstructions, "credit@1", "compliance")
+			_, dg, r := w.Generate(docgen.KindDeclaration, "credit@1", "compliance")
 			raw, _, err := docgen.SignatureEvent(docgen.Signed{Document: r.ID.String(), Kind: docgen.KindDeclaration, Digest: dg,
 				Model: map[string]string{"name": "credit", "version": "1"}, Format: signature.FormatSSH,
-				Signature: signature.SignSSH(signatoryKey, dg), Key: signature.AuthorizedKey(signatoryKey.Public().(ed25519.PublicKey))})
+				Signature: signature.SignSSH(SignatoryKey, dg), Key: signature.AuthorizedKey(SignatoryKey.Public().(ed25519.PublicKey))})
 			if err != nil {
 				t.Fatal(err)
 			}
-			w.add("signature", "maria.keller", string(raw))
+			w.Add("signature", "maria.keller", string(raw))
 		}
-		w.at(day(base + 5))
-		w.add(fmt.Sprintf("deploy%d", v), "ops", fmt.Sprintf(`{"type":"deployment","model":{"name":"credit","version":"%d"},"deployment":"prod","refs":[%q],"attrs":{"action":"deployed","config_digest":"sha256:%064x","ifu_version":"1"}}`, v, w.id(fmt.Sprintf("approval%d", v)), 200+v))
+		w.At(day(base + 5))
+		w.Add(fmt.Sprintf("deploy%d", v), "ops", fmt.Sprintf(`{"type":"deployment","model":{"name":"credit","version":"%d"},"deployment":"prod","refs":[%q],"attrs":{"action":"deployed","config_digest":"sha256:%064x","ifu_version":"1"}}`, v, w.ID(fmt.Sprintf("approval%d", v)), 200+v))
 		for b := 0; b < 4; b++ {
-			w.at(day(base + 6 + 7*b))
+			w.At(day(base + 6 + 7*b))
 			var raws []string
 			for i := 0; i < 10; i++ {
 				flags := ""
@@ -190,20 +192,20 @@ func scenario(t testing.TB, mutate func(string) string) *world {
 				}
 				raws = append(raws, fmt.Sprintf(`{"type":"inference","model":{"name":"credit","version":"%d"},"deployment":"prod","attrs":{"confidence":0.%d,"latency_ms":%d%s},"payload":{"subject":"applicant-%d-%d-%d","input":{"name":"Jane Roe","income":52000},"output":{"score":%d}}}`, v, 60+3*i, 20+i, flags, v, b, i, 500+10*i))
 			}
-			r := w.add(fmt.Sprintf("inference%d-%d", v, b), "svc-scoring", raws...)
-			w.add("", "reviewer-svc", fmt.Sprintf(`{"type":"oversight","refs":[%q],"attrs":{"action":"overridden","overseer_role":"credit officer"},"payload":{"overseer":"officer-7","reason":"income misread"}}`, r.ID))
+			r := w.Add(fmt.Sprintf("inference%d-%d", v, b), "svc-scoring", raws...)
+			w.Add("", "reviewer-svc", fmt.Sprintf(`{"type":"oversight","refs":[%q],"attrs":{"action":"overridden","overseer_role":"credit officer"},"payload":{"overseer":"officer-7","reason":"income misread"}}`, r.ID))
 		}
 	}
-	w.at(day(60))
-	w.add("anomaly", "monitor", `{"type":"anomaly","attrs":{"kind":"drift","severity":"warning","metric":"psi","value":0.23,"threshold":0.2}}`)
-	w.add("incident", "compliance", `{"type":"incident","attrs":{"incident_id":"INC-2026-007","detected_by":"deployer","harm_category":"fundamental_rights","status":"investigating"}}`)
-	w.at(At)
+	w.At(day(60))
+	w.Add("anomaly", "monitor", `{"type":"anomaly","attrs":{"kind":"drift","severity":"warning","metric":"psi","value":0.23,"threshold":0.2}}`)
+	w.Add("incident", "compliance", `{"type":"incident","attrs":{"incident_id":"INC-2026-007","detected_by":"deployer","harm_category":"fundamental_rights","status":"investigating"}}`)
+	w.At(At)
 	return w
 }
 
-func doc(t testing.TB, w *world, kind, version string, from, to time.Time, ev string) *docgen.Document {
+func Doc(t testing.TB, w *World, kind, version string, from, to time.Time, ev string) *docgen.Document {
 	t.Helper()
-	d, err := docgen.Generate(context.Background(), w.lg, w.l.VerifierKey("credit"), docgen.Request{Kind: kind, ModelVersion: version, At: At, From: from, To: to, Event: ev})
+	d, err := docgen.Generate(context.Background(), w.Log, w.L.VerifierKey("credit"), docgen.Request{Kind: kind, ModelVersion: version, At: At, From: from, To: to, Event: ev})
 	if err != nil {
 		t.Fatalf("%s: %v", kind, err)
 	}
@@ -211,7 +213,7 @@ func doc(t testing.TB, w *world, kind, version string, from, to time.Time, ev st
 }
 
 // requests is one request per kind against the scenario.
-func requests(w *world) map[string]docgen.Request {
+func Requests(w *World) map[string]docgen.Request {
 	return map[string]docgen.Request{
 		docgen.KindModelCard:      {ModelVersion: "credit@1"},
 		docgen.KindEvaluation:     {ModelVersion: "1"},
@@ -220,16 +222,14 @@ func requests(w *world) map[string]docgen.Request {
 		docgen.KindDeclaration:    {ModelVersion: "credit@1"},
 		docgen.KindInstructions:   {ModelVersion: "credit@1"},
 		docgen.KindMonitoring:     {From: Start, To: At},
-		docgen.KindReconstruction: {Event: w.id("inference1-2")},
+		docgen.KindReconstruction: {Event: w.ID("inference1-2")},
 	}
 }
 
-func all(t testing.TB, w *world) map[string]*docgen.Document {
+func All(t testing.TB, w *World) map[string]*docgen.Document {
 	out := map[string]*docgen.Document{}
-	for kind, r := range requests(w) {
-		out[kind] = doc(t, w, kind, r.ModelVersion, r.From, r.To, r.Event)
+	for kind, r := range Requests(w) {
+		out[kind] = Doc(t, w, kind, r.ModelVersion, r.From, r.To, r.Event)
 	}
 	return out
 }
-
-func contains(hay, needle string) bool { return strings.Contains(hay, needle) }
