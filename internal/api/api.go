@@ -127,6 +127,7 @@ func New(cfg Config, l *ledger.Ledger, t *Tokens, idx Index) *Server {
 	m.HandleFunc("GET /v1/tokens", s.listTokens)
 	m.HandleFunc("DELETE /v1/tokens/{id}", s.revokeToken)
 	s.lifecycleRoutes(m)
+	s.documentRoutes(m)
 	return s
 }
 

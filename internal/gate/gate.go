@@ -61,11 +61,26 @@ type Source struct {
 
 // Check runs the policy's rules for a model version ("name@version").
 func Check(ctx context.Context, src Source, modelVersion string, p *Policy, policyDigest string, now time.Time) (*Result, error) {
+	sys := src.Log.Name()
 	name, ver, ok := strings.Cut(modelVersion, "@")
-	if !ok || name == "" || ver == "" {
+	if !ok {
+		// A bare version names the version of the one model that has it.
+		vs, _ := src.Registry.Versions(sys)
+		for _, v := range vs {
+			if v.Version == modelVersion {
+				if name != "" {
+					return nil, fmt.Errorf("several models have version %q: name it as NAME@VERSION", modelVersion)
+				}
+				name, ver = v.Name, v.Version
+			}
+		}
+		if name == "" {
+			return nil, fmt.Errorf("no model has version %q (name it as NAME@VERSION)", modelVersion)
+		}
+		modelVersion = name + "@" + ver
+	} else if name == "" || ver == "" {
 		return nil, fmt.Errorf("model version %q: want NAME@VERSION", modelVersion)
 	}
-	sys := src.Log.Name()
 	cur := src.Log.Definition()
 	if cur == nil {
 		return nil, fmt.Errorf("system %s has no definition", sys)
