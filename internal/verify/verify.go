@@ -21,6 +21,7 @@ import (
 	"github.com/cairn-ai/cairn/internal/event"
 	"github.com/cairn-ai/cairn/internal/ledger"
 	"github.com/cairn-ai/cairn/internal/seal"
+	"github.com/cairn-ai/cairn/internal/signature"
 	"github.com/cairn-ai/cairn/internal/store"
 )
 
@@ -294,6 +295,11 @@ func checkEntry(system string, en *store.Entry, fail func(int64, string)) {
 	if env.ID != en.ID.String() || env.Type != en.Type || env.System != system || env.Recorded != event.FormatRecorded(en.Recorded) {
 		fail(i, "envelope disagrees with its leaf (id, type, system or recorded time)")
 	}
+	if env.Type == "document" {
+		if reason := checkSignature(env.Attrs); reason != "" {
+			fail(i, reason)
+		}
+	}
 	switch {
 	case env.Payload == nil && en.Sealed != nil:
 		fail(i, "sealed payload present but the envelope commits to none")
@@ -312,4 +318,28 @@ func checkEntry(system string, en *store.Entry, fail func(int64, string)) {
 			fail(i, "sealed payload does not match the envelope: "+err.Error())
 		}
 	}
+}
+
+// checkSignature checks the detached signature a document event records over a document digest, if it records
+// one (docs/documents.md), and returns why it fails, or "".
+func checkSignature(attrs []byte) string {
+	str := func(name string) string {
+		v, ok := event.Member(attrs, name)
+		if !ok {
+			return ""
+		}
+		var s string
+		if json.Unmarshal(v, &s) != nil {
+			return ""
+		}
+		return s
+	}
+	sig := str("signature")
+	if sig == "" {
+		return ""
+	}
+	if _, err := signature.Verify(str("signature_format"), sig, str("signer_key"), str("digest")); err != nil {
+		return "recorded document signature: " + err.Error()
+	}
+	return ""
 }
