@@ -73,7 +73,8 @@ type Approval struct {
 
 // Logging requires the system's logging to be active.
 type Logging struct {
-	// MaxEventAge is how long ago (by recorded time) the latest event other than gate results and reads may be
+	// MaxEventAge is how long ago (by recorded time) the latest event other than gate results, reads and generated
+	// documents may be
 	// (a Go duration, default "24h").
 	MaxEventAge string `json:"max_event_age,omitzero"`
 }
