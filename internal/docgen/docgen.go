@@ -173,7 +173,7 @@ func Generate(ctx context.Context, lg Log, vkey string, req Request) (*Document,
 	if !from.Before(to) {
 		return nil, fmt.Errorf("%w: the period's start is not before its end", ErrRequest)
 	}
-	s, err := load(ctx, lg, at, from.UTC(), to.UTC(), req.Event)
+	s, err := load(ctx, lg, at, from.UTC(), to.UTC(), req.Event, req.Kind == KindMonitoring)
 	if err != nil {
 		return nil, err
 	}

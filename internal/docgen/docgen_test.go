@@ -348,3 +348,31 @@ func TestPDF(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkGenerate measures generating a document over a log of the scenario plus 100,000 inferences: the cost
+// is one pass over the log prefix.
+func BenchmarkGenerate(b *testing.B) {
+	w := Scenario(b, nil)
+	w.At(At.Add(time.Hour))
+	raw := `{"type":"inference","model":{"name":"credit","version":"2"},"deployment":"prod","attrs":{"confidence":0.7,"latency_ms":20},"payload":{"output":{"score":600}}}`
+	batch := make([]string, 1000)
+	for i := range batch {
+		batch[i] = raw
+	}
+	for range 100 {
+		w.Add("", "svc-scoring", batch...)
+	}
+	at := At.Add(2 * time.Hour)
+	for _, kind := range []string{docgen.KindModelCard, docgen.KindAnnexIV, docgen.KindMonitoring} {
+		b.Run(kind, func(b *testing.B) {
+			for b.Loop() {
+				d, err := docgen.Generate(context.Background(), w.Log, "", docgen.Request{Kind: kind, At: at, From: Start, To: at})
+				if err != nil {
+					b.Fatal(err)
+				}
+				docgen.Render(d, docgen.FormatHTML)
+			}
+			b.ReportMetric(float64(w.Log.Store().Size()), "events")
+		})
+	}
+}

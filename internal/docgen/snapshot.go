@@ -145,6 +145,7 @@ type snapshot struct {
 	note     []byte            // signed checkpoint for size
 	// inferences counts every inference of the snapshot per model version, with the first and last.
 	inferences map[lifecycle.Version]*span
+	withStats  bool   // aggregate inferences over the period (the monitoring summary)
 	want       string // the id or index of the event a reconstruction is about
 	target     *node  // that event, once seen
 }
@@ -195,13 +196,13 @@ func recordedBy(ctx context.Context, sl store.Log, t time.Time) (uint64, error) 
 	return uint64(i), err
 }
 
-func load(ctx context.Context, lg Log, at, from, to time.Time, want string) (*snapshot, error) {
+func load(ctx context.Context, lg Log, at, from, to time.Time, want string, withStats bool) (*snapshot, error) {
 	sl := lg.Store()
 	n, err := recordedBy(ctx, sl, at)
 	if err != nil {
 		return nil, fmt.Errorf("find the log state at %s: %w", at.Format(time.RFC3339Nano), err)
 	}
-	s := &snapshot{system: lg.Name(), at: at, size: n, from: from, to: to, reg: registry.New(nil), want: want,
+	s := &snapshot{system: lg.Name(), at: at, size: n, from: from, to: to, reg: registry.New(nil), want: want, withStats: withStats,
 		byID: map[string]*node{}, inferences: map[lifecycle.Version]*span{}, total: map[string]uint64{}, inPeriod: map[string]uint64{},
 		period: stats{byVersion: map[string]uint64{}, byDeploy: map[string]uint64{}, flags: map[string]uint64{}, errors: map[string]uint64{}}}
 	tap := func(e *store.Entry) error { return s.add(lg, e) }
@@ -224,6 +225,15 @@ func (s *snapshot) add(lg Log, e *store.Entry) error {
 	if e.Envelope == nil {
 		return nil // destroyed by retention; the retention event says so
 	}
+	if e.Type == "inference" && !s.withStats && (s.want == "" || (s.want != e.ID.String() && s.want != strconv.FormatUint(e.Index, 10))) {
+		// Only the per-version count is needed: read the model without decoding the whole envelope.
+		var m event.Model
+		if v, ok := event.Member(e.Envelope, "model"); ok && json.Unmarshal(v, &m) == nil {
+			n := &node{Index: e.Index, ID: e.ID.String(), Type: e.Type, Model: &m, Digest: e.Digest}
+			s.count(n)
+		}
+		return nil
+	}
 	env, err := event.ParseEnvelope(e.Envelope)
 	if err != nil {
 		return fmt.Errorf("envelope %d: %w", e.Index, err)
@@ -244,13 +254,7 @@ func (s *snapshot) add(lg Log, e *store.Entry) error {
 	}
 	switch e.Type {
 	case "inference":
-		sp := s.inferences[n.model()]
-		if sp == nil {
-			sp = &span{first: n}
-			s.inferences[n.model()] = sp
-		}
-		sp.count++
-		sp.last = n
+		s.count(n)
 		if s.inside(t) {
 			s.period.add(n)
 		}
@@ -272,6 +276,17 @@ func (s *snapshot) add(lg Log, e *store.Entry) error {
 	s.nodes = append(s.nodes, n)
 	s.byID[n.ID] = n
 	return nil
+}
+
+// count counts an inference of its model version.
+func (s *snapshot) count(n *node) {
+	sp := s.inferences[n.model()]
+	if sp == nil {
+		sp = &span{first: n}
+		s.inferences[n.model()] = sp
+	}
+	sp.count++
+	sp.last = n
 }
 
 func (st *stats) add(n *node) {
