@@ -59,6 +59,13 @@ func TestGolden(t *testing.T) {
 			if !bytes.Equal(b, want) {
 				t.Errorf("%s differs from the golden file (%d vs %d bytes): first difference at byte %d", golden, len(b), len(want), firstDiff(b, want))
 			}
+			// The committed examples are these very documents.
+			if f == docgen.FormatMarkdown || (f == docgen.FormatHTML && kind == docgen.KindDeclaration) {
+				ex, err := os.ReadFile(filepath.Join("..", "..", "docs", "examples", kind+"."+f))
+				if err != nil || !bytes.Equal(ex, b) {
+					t.Errorf("docs/examples/%s.%s is not the generated document (run go test ./internal/docgen -run TestGolden -update): %v", kind, f, err)
+				}
+			}
 		}
 	}
 }
