@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	"os"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/cairn-ai/cairn/client"
@@ -23,37 +22,12 @@ import (
 // followers run behind ingest; stop ends them.
 func startRegistry(ctx context.Context, l *ledger.Ledger, logger *slog.Logger) (*registry.Registry, func()) {
 	reg := registry.New(logger)
-	ctx, cancel := context.WithCancel(ctx)
-	var wg sync.WaitGroup
-	following := map[string]bool{}
-	scan := func() {
-		for _, name := range l.Systems() {
-			if following[name] || name == ledger.AdminLog {
-				continue
-			}
-			lg, err := l.Log(name)
-			if err != nil {
-				continue
-			}
-			following[name] = true
-			wake := lg.Subscribe()
-			wg.Go(func() { reg.Follow(ctx, name, lg.Store(), wake) })
-		}
-	}
-	scan()
-	wg.Go(func() {
-		t := time.NewTicker(500 * time.Millisecond)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-				scan()
-			}
+	stop := followLogs(ctx, l, func(ctx context.Context, name string, lg *ledger.Log) {
+		if name != ledger.AdminLog {
+			reg.Follow(ctx, name, lg.Store(), lg.Subscribe())
 		}
 	})
-	return reg, func() { cancel(); wg.Wait() }
+	return reg, stop
 }
 
 const auditUsage = `usage:

@@ -23,6 +23,21 @@ func startIndex(ctx context.Context, p paths, l *ledger.Ledger, logger *slog.Log
 	if err != nil {
 		return nil, nil, fmt.Errorf("open index: %w", err)
 	}
+	wait := followLogs(ctx, l, func(ctx context.Context, name string, lg *ledger.Log) {
+		if err := x.Follow(ctx, name, lg.Store(), lg.Committed()); err != nil && ctx.Err() == nil {
+			logger.Error("index follower stopped", "system", name, "err", err)
+		}
+	})
+	stop := func() {
+		wait()
+		x.Close()
+	}
+	return api.LedgerIndex(x, l), stop, nil
+}
+
+// followLogs runs follow in its own goroutine for every log, including logs registered
+// later, until ctx ends; the returned function stops the followers and waits for them.
+func followLogs(ctx context.Context, l *ledger.Ledger, follow func(ctx context.Context, name string, lg *ledger.Log)) func() {
 	ctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	following := map[string]bool{}
@@ -36,11 +51,7 @@ func startIndex(ctx context.Context, p paths, l *ledger.Ledger, logger *slog.Log
 				continue
 			}
 			following[name] = true
-			wg.Go(func() {
-				if err := x.Follow(ctx, name, lg.Store(), lg.Committed()); err != nil && ctx.Err() == nil {
-					logger.Error("index follower stopped", "system", name, "err", err)
-				}
-			})
+			wg.Go(func() { follow(ctx, name, lg) })
 		}
 	}
 	scan()
@@ -56,12 +67,7 @@ func startIndex(ctx context.Context, p paths, l *ledger.Ledger, logger *slog.Log
 			}
 		}
 	})
-	stop := func() {
-		cancel()
-		wg.Wait()
-		x.Close()
-	}
-	return api.LedgerIndex(x, l), stop, nil
+	return func() { cancel(); wg.Wait() }
 }
 
 func cmdReindex(args []string, stdout, stderr io.Writer) error {

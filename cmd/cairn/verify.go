@@ -57,7 +57,7 @@ func cmdVerify(args []string, stdout, stderr io.Writer) error {
 	case *data != "":
 		return verifyData(*data, *storeURL, *full, *stateFile, *pubFile, *jsonOut, *decrypt, *kekPath, stdout)
 	default:
-		fmt.Fprintln(stderr, "usage: cairn verify --data DIR [--full] | --url URL --system S --vkey KEY")
+		fmt.Fprintln(stderr, "usage: cairn verify --data DIR [--full] | --url URL --system S --vkey KEY | bundle [--vkey KEY] FILE")
 		return errUsage
 	}
 }

@@ -459,26 +459,9 @@ func (s *Server) getEvent(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	idx, err := strconv.ParseUint(r.PathValue("ref"), 10, 64)
-	if err != nil {
-		if _, perr := event.ParseUUID(r.PathValue("ref")); perr != nil {
-			badRequest(w, "ref", "an event index or id")
-			return
-		}
-		if s.index == nil {
-			writeProblem(w, Problem{Status: http.StatusServiceUnavailable, Detail: "lookup by id needs the query index"})
-			return
-		}
-		i, ok, err := s.index.ByID(r.Context(), sys, strings.ToLower(r.PathValue("ref")))
-		if err != nil {
-			writeError(w, err)
-			return
-		}
-		if !ok {
-			writeProblem(w, Problem{Status: http.StatusNotFound, Detail: "no event with that id is indexed (the index may lag ingest briefly)"})
-			return
-		}
-		idx = i
+	idx, ok := s.refIndex(w, r, sys)
+	if !ok {
+		return
 	}
 	e, err := lg.Entry(r.Context(), idx)
 	if err != nil {

@@ -35,7 +35,10 @@ type Reconstruction struct {
 	// against the log's key before this answer was given.
 	TreeSize   uint64 `json:"tree_size"`
 	Checkpoint string `json:"checkpoint"`
-	Verified   bool   `json:"verified"`
+	// Leaf and Proof are the event's leaf entry and its RFC 6962 inclusion proof (hex hashes) in that tree.
+	Leaf     json.RawMessage `json:"leaf"`
+	Proof    []string        `json:"inclusion_proof"`
+	Verified bool            `json:"verified"`
 	// Evidence counts the events in the bundle (`cairn export` writes it).
 	Evidence int `json:"evidence_events"`
 }
@@ -168,6 +171,7 @@ func (src Source) Reconstruct(ctx context.Context, system string, index uint64, 
 		return nil, nil, fmt.Errorf("the evidence does not verify: %w", err)
 	}
 	r.Verified, r.TreeSize, r.Checkpoint, r.Evidence = true, n, string(cp), len(b.Events)
+	r.Leaf, r.Proof = json.RawMessage(b.Events[0].Leaf), b.Events[0].Proof
 	r.Payload = payloads[index]
 	for _, o := range over {
 		r.Oversight = append(r.Oversight, Oversight{Node: o, Payload: payloads[o.Index]})

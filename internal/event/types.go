@@ -292,15 +292,11 @@ func checkModelVersion(ev *Event) (string, string) {
 	if hasMember(ev.Attrs, "alias") != hasMember(ev.Attrs, "alias_action") {
 		return "/attrs/alias_action", "alias and alias_action go together"
 	}
-	if hasMember(ev.Attrs, "alias") {
-		return "", "" // an alias move concerns a version registered before
-	}
-	if ev.Model.Digest == "" && !hasMember(ev.Attrs, "digest_unknown") {
-		return "/model/digest", "missing: give the artefact's SHA-256, or attrs.digest_unknown with the reason it cannot be had"
-	}
+	// The artefact digest is optional (a version may be recorded before its artefact is reachable; say why in
+	// attrs.digest_unknown), and checked when present.
 	if ev.Model.Digest != "" {
 		if _, err := ParseSHA256(ev.Model.Digest); err != nil {
-			return "/model/digest", "must be sha256:<64 lowercase hex>"
+			return "/model/digest", "must be sha256:<64 hex>"
 		}
 	}
 	return "", ""

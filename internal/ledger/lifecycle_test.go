@@ -2,9 +2,11 @@ package ledger_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -171,4 +173,124 @@ func TestLifecycleRulesConfigurable(t *testing.T) {
 	if _, _, err := e.l.Register(context.Background(), []byte(bad), "admin"); err == nil || !strings.Contains(err.Error(), "/lifecycle/four_eye") {
 		t.Errorf("an unknown lifecycle rule was accepted: %v", err)
 	}
+}
+
+// TestLifecycleRace races rejections against deployments of the same versions from many goroutines. Whatever the
+// interleaving, each deployment must be judged on exactly the events recorded before it: unapproved if and only
+// if the version's rejection precedes it in the log.
+func TestLifecycleRace(t *testing.T) {
+	e := newEnv(t)
+	lg := e.register("credit")
+	raceRejections(t, []*ledger.Log{lg})
+}
+
+// TestLifecycleRaceTwoNodes is the same race between two nodes over one PostgreSQL log: a node that decided on
+// state another node has moved past loses the append and decides again.
+func TestLifecycleRaceTwoNodes(t *testing.T) {
+	nodes := pgNodes(t, 2, `{"id":"credit","name":"n","intended_purpose":"p","provider":"q"}`)
+	var logs []*ledger.Log
+	for _, l := range nodes {
+		lg, err := l.Log("credit")
+		if err != nil {
+			t.Fatal(err)
+		}
+		logs = append(logs, lg)
+	}
+	raceRejections(t, logs)
+}
+
+// appendRetry appends one raw event (given a fresh client id, so a retry after a lost race is idempotent) as
+// actor, retrying while the log is busy.
+func appendRetry(lg *ledger.Log, actor, raw string) (ledger.Receipt, error) {
+	raw = `{"id":"` + event.NewV7(time.Now()).String() + `",` + raw[1:]
+	for attempt := 0; ; attempt++ {
+		ev, err := event.Parse(0, []byte(raw), time.Now(), event.DefaultLimits, false)
+		if err != nil {
+			return ledger.Receipt{}, err
+		}
+		p, err := lg.Prepare(ev, actor)
+		if err != nil {
+			return ledger.Receipt{}, err
+		}
+		rs, err := lg.Append(context.Background(), []*ledger.Prepared{p})
+		if errors.Is(err, ledger.ErrBusy) && attempt < 200 {
+			time.Sleep(time.Millisecond)
+			continue
+		}
+		if err != nil {
+			return ledger.Receipt{}, err
+		}
+		return rs[0], nil
+	}
+}
+
+func raceRejections(t *testing.T, logs []*ledger.Log) {
+	const versions, deploys = 8, 16
+	must := func(r ledger.Receipt, err error) ledger.Receipt {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	evals := map[string]event.UUID{}
+	for v := range versions {
+		ver := fmt.Sprint(v)
+		lg := logs[v%len(logs)]
+		must(appendRetry(lg, "alice", fmt.Sprintf(`{"type":"model.version","model":{"name":"credit","version":%q},"attrs":{"digest_unknown":"test"}}`, ver)))
+		ev := must(appendRetry(lg, "carol", fmt.Sprintf(`{"type":"evaluation","model":{"name":"credit","version":%q},"attrs":{"metrics":{},"passed":true}}`, ver)))
+		must(appendRetry(lg, "bob", fmt.Sprintf(`{"type":"approval","model":{"name":"credit","version":%q},"refs":[%q],"attrs":{"decision":"approve"}}`, ver, ev.ID)))
+		evals[ver] = ev.ID
+	}
+	type dep struct {
+		ver   string
+		index uint64
+	}
+	var mu sync.Mutex
+	var deps []dep
+	rejectAt := map[string]uint64{}
+	var wg sync.WaitGroup
+	for v := range versions {
+		ver := fmt.Sprint(v)
+		wg.Go(func() {
+			r, err := appendRetry(logs[(v+1)%len(logs)], "bob", fmt.Sprintf(`{"type":"approval","model":{"name":"credit","version":%q},"refs":[%q],"attrs":{"decision":"reject"}}`, ver, evals[ver]))
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			mu.Lock()
+			rejectAt[ver] = r.Index
+			mu.Unlock()
+		})
+		for i := range deploys {
+			wg.Go(func() {
+				r, err := appendRetry(logs[i%len(logs)], "ops", fmt.Sprintf(`{"type":"deployment","model":{"name":"credit","version":%q},"deployment":"prod","attrs":{"action":"deployed"}}`, ver))
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				mu.Lock()
+				deps = append(deps, dep{ver, r.Index})
+				mu.Unlock()
+			})
+		}
+	}
+	wg.Wait()
+	if t.Failed() {
+		return
+	}
+	before, after := 0, 0
+	for _, d := range deps {
+		got := violations(t, logs[0], d.index)
+		late := d.index > rejectAt[d.ver]
+		if late != slices.Contains(got, lifecycle.RuleUnapproved) {
+			t.Errorf("deployment of %s at %d (rejection at %d): violations %v", d.ver, d.index, rejectAt[d.ver], got)
+		}
+		if late {
+			after++
+		} else {
+			before++
+		}
+	}
+	t.Logf("%d deployments before their version's rejection, %d after", before, after)
 }

@@ -24,61 +24,8 @@ import (
 // concurrently: every acknowledged event is present exactly once at its index, indices are contiguous, and
 // the checkpoints both nodes publish are of one tree.
 func TestTwoNodesOneLog(t *testing.T) {
-	url := os.Getenv("CAIRN_TEST_PG")
-	if url == "" {
-		if os.Getenv("CI") != "" {
-			t.Fatal("CAIRN_TEST_PG is not set in CI")
-		}
-		t.Skip("CAIRN_TEST_PG not set")
-	}
 	ctx := context.Background()
-	schema := "cairn_nodes_" + randHex(6)
-	c, err := pgx.Connect(ctx, url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.Exec(ctx, "CREATE SCHEMA "+pgx.Identifier{schema}.Sanitize()); err != nil {
-		t.Fatal(err)
-	}
-	c.Close(ctx)
-	t.Cleanup(func() {
-		c, err := pgx.Connect(ctx, url)
-		if err == nil {
-			c.Exec(ctx, "DROP SCHEMA "+pgx.Identifier{schema}.Sanitize()+" CASCADE")
-			c.Close(ctx)
-		}
-	})
-	k := make([]byte, 32)
-	rand.Read(k)
-	kek, _ := seal.NewKEK(k)
-	keyDir := t.TempDir() // nodes share the KEK and the period keys (a shared key store in production)
-	_, sk, _ := ed25519.GenerateKey(rand.Reader)
-	var nodes []*ledger.Ledger
-	for i := 0; i < 2; i++ {
-		st, err := pg.Open(ctx, url, pg.Options{Schema: schema, Migrate: true})
-		if err != nil {
-			t.Fatal(err)
-		}
-		keys, _ := seal.OpenKeyring(keyDir, kek)
-		l, err := ledger.Open(ctx, ledger.Config{Origin: "nodes.test", CheckpointInterval: 5 * time.Millisecond}, st, keys, sk)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer l.Close()
-		nodes = append(nodes, l)
-	}
-	if _, _, err := nodes[0].Register(ctx, []byte(`{"id":"s","name":"n","intended_purpose":"p","provider":"q"}`), "a"); err != nil {
-		t.Fatal(err)
-	}
-	// The second node learns of the log (a real server opens logs as they appear; here, reopen).
-	nodes[1].Close()
-	st, _ := pg.Open(ctx, url, pg.Options{Schema: schema})
-	keys, _ := seal.OpenKeyring(keyDir, kek)
-	nodes[1], err = ledger.Open(ctx, ledger.Config{Origin: "nodes.test", CheckpointInterval: 5 * time.Millisecond}, st, keys, sk)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nodes[1].Close()
+	nodes := pgNodes(t, 2, `{"id":"s","name":"n","intended_purpose":"p","provider":"q"}`)
 
 	var mu sync.Mutex
 	acked := map[uint64]string{}
@@ -172,6 +119,68 @@ func TestTwoNodesOneLog(t *testing.T) {
 			time.Sleep(5 * time.Millisecond)
 		}
 	}
+}
+
+// pgNodes opens n ledgers ("nodes") over one fresh PostgreSQL schema, sharing keys, with the system def registered
+// and open on every node. They are closed when the test ends.
+func pgNodes(t *testing.T, n int, def string) []*ledger.Ledger {
+	t.Helper()
+	url := os.Getenv("CAIRN_TEST_PG")
+	if url == "" {
+		if os.Getenv("CI") != "" {
+			t.Fatal("CAIRN_TEST_PG is not set in CI")
+		}
+		t.Skip("CAIRN_TEST_PG not set")
+	}
+	ctx := context.Background()
+	schema := "cairn_nodes_" + randHex(6)
+	c, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Exec(ctx, "CREATE SCHEMA "+pgx.Identifier{schema}.Sanitize()); err != nil {
+		t.Fatal(err)
+	}
+	c.Close(ctx)
+	t.Cleanup(func() {
+		c, err := pgx.Connect(ctx, url)
+		if err == nil {
+			c.Exec(ctx, "DROP SCHEMA "+pgx.Identifier{schema}.Sanitize()+" CASCADE")
+			c.Close(ctx)
+		}
+	})
+	k := make([]byte, 32)
+	rand.Read(k)
+	kek, _ := seal.NewKEK(k)
+	keyDir := t.TempDir() // nodes share the KEK and the period keys (a shared key store in production)
+	_, sk, _ := ed25519.GenerateKey(rand.Reader)
+	open := func(migrate bool) *ledger.Ledger {
+		st, err := pg.Open(ctx, url, pg.Options{Schema: schema, Migrate: migrate})
+		if err != nil {
+			t.Fatal(err)
+		}
+		keys, _ := seal.OpenKeyring(keyDir, kek)
+		l, err := ledger.Open(ctx, ledger.Config{Origin: "nodes.test", CheckpointInterval: 5 * time.Millisecond}, st, keys, sk)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return l
+	}
+	first := open(true)
+	if _, _, err := first.Register(ctx, []byte(def), "a"); err != nil {
+		t.Fatal(err)
+	}
+	// The other nodes open the log as it now exists (a real server opens logs as they appear).
+	nodes := []*ledger.Ledger{first}
+	for len(nodes) < n {
+		nodes = append(nodes, open(false))
+	}
+	t.Cleanup(func() {
+		for _, l := range nodes {
+			l.Close()
+		}
+	})
+	return nodes
 }
 
 func randHex(n int) string {

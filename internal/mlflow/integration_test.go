@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -63,6 +64,12 @@ func startMLflow(t *testing.T) (uri, artefacts string) {
 		"--artifacts-destination", artefacts, "--host", "127.0.0.1", "--port", fmt.Sprint(port), "--workers", "1")
 	var log bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &log, &log
+	// Webhooks to the connector's plain-HTTP listener on loopback (MLflow allows only https to public addresses
+	// by default).
+	// MLflow caches its list of webhooks (60 s by default): keep it short, or a webhook created after the last
+	// registry event would not fire for the next one.
+	cmd.Env = append(os.Environ(), "MLFLOW_WEBHOOK_ALLOWED_SCHEMES=http,https", "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS=true",
+		"MLFLOW_WEBHOOK_CACHE_TTL=1")
 	cmd.SysProcAttr = sysProcAttr()
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -239,13 +246,34 @@ func TestSyncRealMLflow(t *testing.T) {
 		t.Errorf("second sync grew the log from %d to %d", before, after)
 	}
 
-	// Move the alias through MLflow's REST API: exactly one alias event.
+	// A webhook for alias changes, delivered by MLflow to the connector's listener, signed with the secret.
+	trigger := make(chan struct{}, 1)
+	hookPort := freePort(t)
+	stopHook, err := mlflow.ListenWebhooks(ctx, fmt.Sprintf("127.0.0.1:%d", hookPort), []byte("whsec-integration"), trigger, slog.Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stopHook()
+	hook := fmt.Sprintf(`{"name":"cairn","url":"http://127.0.0.1:%d/","secret":"whsec-integration","events":[{"entity":"MODEL_VERSION_ALIAS","action":"CREATED"}]}`, hookPort)
+	resp, err := http.Post(uri+"/api/2.0/mlflow/webhooks", "application/json", strings.NewReader(hook))
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("create webhook: %v %v", err, resp)
+	}
+	resp.Body.Close()
+	time.Sleep(2 * time.Second) // past MLflow's webhook cache
+
+	// Move the alias through MLflow's REST API: the webhook fires, and the sync records exactly one alias event.
 	body := strings.NewReader(`{"name":"credit-model","alias":"champion","version":"2"}`)
-	resp, err := http.Post(uri+"/api/2.0/mlflow/registered-models/alias", "application/json", body)
+	resp, err = http.Post(uri+"/api/2.0/mlflow/registered-models/alias", "application/json", body)
 	if err != nil || resp.StatusCode != 200 {
 		t.Fatalf("move alias: %v %v", err, resp)
 	}
 	resp.Body.Close()
+	select {
+	case <-trigger:
+	case <-time.After(3 * time.Minute):
+		t.Fatal("MLflow's webhook for the alias move did not arrive with a valid signature")
+	}
 	r, err = mlflow.Sync(ctx, cfg)
 	if err != nil || r.Total() != 1 || r.Aliases != 1 {
 		t.Fatalf("sync after the alias moved: %+v %v, want exactly one alias event", r, err)

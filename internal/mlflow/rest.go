@@ -118,9 +118,7 @@ type Experiment struct {
 
 // Experiments lists every experiment, deleted ones included.
 func (c *Client) Experiments(ctx context.Context) ([]Experiment, error) {
-	var out []Experiment
-	token := ""
-	for {
+	return pages(func(token string) ([]Experiment, string, error) {
 		var page struct {
 			Experiments []Experiment `json:"experiments"`
 			Next        string       `json:"next_page_token"`
@@ -129,11 +127,22 @@ func (c *Client) Experiments(ctx context.Context) ([]Experiment, error) {
 		if token != "" {
 			body["page_token"] = token
 		}
-		if err := c.call(ctx, "POST", api+"/experiments/search", body, &page); err != nil {
+		err := c.call(ctx, "POST", api+"/experiments/search", body, &page)
+		return page.Experiments, page.Next, err
+	})
+}
+
+// pages collects a paginated listing: fetch returns one page and the next page's token ("" after the last).
+func pages[T any](fetch func(token string) ([]T, string, error)) ([]T, error) {
+	var out []T
+	token := ""
+	for {
+		items, next, err := fetch(token)
+		if err != nil {
 			return nil, err
 		}
-		out = append(out, page.Experiments...)
-		if token = page.Next; token == "" {
+		out = append(out, items...)
+		if token = next; token == "" {
 			return out, nil
 		}
 	}
@@ -180,8 +189,7 @@ type Run struct {
 func (c *Client) Runs(ctx context.Context, experimentIDs []string) ([]Run, error) {
 	var out []Run
 	for ids := range slices.Chunk(experimentIDs, 100) {
-		token := ""
-		for {
+		runs, err := pages(func(token string) ([]Run, string, error) {
 			var page struct {
 				Runs []Run  `json:"runs"`
 				Next string `json:"next_page_token"`
@@ -190,14 +198,13 @@ func (c *Client) Runs(ctx context.Context, experimentIDs []string) ([]Run, error
 			if token != "" {
 				body["page_token"] = token
 			}
-			if err := c.call(ctx, "POST", api+"/runs/search", body, &page); err != nil {
-				return nil, err
-			}
-			out = append(out, page.Runs...)
-			if token = page.Next; token == "" {
-				break
-			}
+			err := c.call(ctx, "POST", api+"/runs/search", body, &page)
+			return page.Runs, page.Next, err
+		})
+		if err != nil {
+			return nil, err
 		}
+		out = append(out, runs...)
 	}
 	return out, nil
 }
@@ -213,9 +220,7 @@ type RegisteredModel struct {
 
 // RegisteredModels lists every registered model.
 func (c *Client) RegisteredModels(ctx context.Context) ([]RegisteredModel, error) {
-	var out []RegisteredModel
-	token := ""
-	for {
+	return pages(func(token string) ([]RegisteredModel, string, error) {
 		var page struct {
 			Models []RegisteredModel `json:"registered_models"`
 			Next   string            `json:"next_page_token"`
@@ -224,14 +229,9 @@ func (c *Client) RegisteredModels(ctx context.Context) ([]RegisteredModel, error
 		if token != "" {
 			q.Set("page_token", token)
 		}
-		if err := c.call(ctx, "GET", api+"/registered-models/search?"+q.Encode(), nil, &page); err != nil {
-			return nil, err
-		}
-		out = append(out, page.Models...)
-		if token = page.Next; token == "" {
-			return out, nil
-		}
-	}
+		err := c.call(ctx, "GET", api+"/registered-models/search?"+q.Encode(), nil, &page)
+		return page.Models, page.Next, err
+	})
 }
 
 // ModelVersion is a registered model version.
@@ -246,9 +246,7 @@ type ModelVersion struct {
 
 // ModelVersions lists the versions of a registered model.
 func (c *Client) ModelVersions(ctx context.Context, name string) ([]ModelVersion, error) {
-	var out []ModelVersion
-	token := ""
-	for {
+	return pages(func(token string) ([]ModelVersion, string, error) {
 		var page struct {
 			Versions []ModelVersion `json:"model_versions"`
 			Next     string         `json:"next_page_token"`
@@ -257,14 +255,9 @@ func (c *Client) ModelVersions(ctx context.Context, name string) ([]ModelVersion
 		if token != "" {
 			q.Set("page_token", token)
 		}
-		if err := c.call(ctx, "GET", api+"/model-versions/search?"+q.Encode(), nil, &page); err != nil {
-			return nil, err
-		}
-		out = append(out, page.Versions...)
-		if token = page.Next; token == "" {
-			return out, nil
-		}
-	}
+		err := c.call(ctx, "GET", api+"/model-versions/search?"+q.Encode(), nil, &page)
+		return page.Versions, page.Next, err
+	})
 }
 
 // Artefacts is the result of hashing a model version's artefacts.

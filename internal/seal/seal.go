@@ -96,28 +96,12 @@ func Check(sealed []byte, c Commitment) error {
 
 // Open decrypts a sealed payload with its period key and checks the data key against keyCommit.
 func Open(pk *PeriodKey, eventID, sealed []byte, keyCommit [32]byte) ([]byte, error) {
-	wrapped, ct, err := Split(sealed)
+	dk, ct, err := Disclose(pk, eventID, sealed, keyCommit)
 	if err != nil {
 		return nil, err
-	}
-	dk, err := pk.unwrap(eventID, wrapped)
-	if err != nil {
-		return nil, ErrOpen
 	}
 	defer clear(dk)
-	if KeyCommitment(dk) != keyCommit {
-		return nil, ErrOpen
-	}
-	aead, err := newGCM(dk)
-	if err != nil {
-		return nil, err
-	}
-	var nonce [nonceSize]byte
-	pt, err := aead.Open(nil, nonce[:], ct, eventID)
-	if err != nil {
-		return nil, ErrOpen
-	}
-	return pt, nil
+	return OpenDisclosed(dk, eventID, ct, keyCommit)
 }
 
 // Rewrap re-wraps a sealed payload's data key from one period key to another (a move to a hold key, or a
