@@ -27,6 +27,7 @@ const docsUsage = `usage:
             instructions-for-use, monitoring-summary (--from/--to), reconstruction (--event)
   cairn docs sign --system S (--file DOC | --digest D) [--document EVENT-ID] [-o SIG-FILE]
                   (--key PRIVATE-KEY | --signature SIG-FILE --signer-key KEY) [--signature-format ssh|ed25519]
+                  [--attrs]   (record nothing; print the attrs that sign an approval event)
   cairn docs list --system S [--kind K] [--digest D]`
 
 // parseInterleaved parses flags that may come before or after positional arguments.
@@ -103,10 +104,11 @@ func cmdDocs(args []string, stdout, stderr io.Writer) error {
 		sigFile := fs.String("signature", "", "a signature made elsewhere (ssh-keygen -Y sign -n cairn-document over the digest text)")
 		signerKey := fs.String("signer-key", "", "with --signature: the signer's public key (file or text)")
 		sigFormat := fs.String("signature-format", "", "ssh or ed25519 (default: ssh for --key; read from --signature)")
+		attrsOnly := fs.Bool("attrs", false, "record nothing: print the attrs that carry this signature in an approval event (signed_digest, signature, signature_format, signer_key)")
 		if _, err := parseInterleaved(fs, args[1:]); err != nil {
 			return errUsage
 		}
-		if *sys == "" {
+		if *sys == "" && !*attrsOnly {
 			return errors.New("--system is required")
 		}
 		d := *digest
@@ -162,6 +164,14 @@ func cmdDocs(args []string, stdout, stderr io.Writer) error {
 			}
 		default:
 			return errors.New("give --key, or --signature with --signer-key")
+		}
+		if *attrsOnly {
+			if _, err := signature.Verify(format, sig, pub, d); err != nil {
+				return err
+			}
+			b, _ := json.Marshal(map[string]string{"signed_digest": d, "signature": sig, "signature_format": format, "signer_key": pub})
+			stdout.Write(append(b, '\n'))
+			return nil
 		}
 		c, err := newClient(*url, *tokenFile)
 		if err != nil {

@@ -3,6 +3,8 @@ package docgen_test
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
+	"fmt"
 	"encoding/xml"
 	"errors"
 	"flag"
@@ -20,6 +22,7 @@ import (
 	"github.com/cairn-ai/cairn/internal/docgen"
 	. "github.com/cairn-ai/cairn/internal/docgen/docgentest"
 	"github.com/cairn-ai/cairn/internal/ledger"
+	"github.com/cairn-ai/cairn/internal/signature"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files and docs/examples")
@@ -381,5 +384,26 @@ func BenchmarkGenerate(b *testing.B) {
 			}
 			b.ReportMetric(float64(w.Log.Store().Size()), "events")
 		})
+	}
+}
+
+// TestSignedTestReport: Annex IV 2(g) wants test reports dated and signed; an evaluation report is signed by a
+// recorded signature, or by an approval that carries the approver's signature over the report's digest.
+func TestSignedTestReport(t *testing.T) {
+	w := Scenario(t, nil)
+	w.At(At.Add(time.Hour))
+	_, dg, _ := w.Generate(docgen.KindEvaluation, "credit@1", "carol")
+	attrs := fmt.Sprintf(`"signed_digest":%q,"signature":%q,"signature_format":"ssh","signer_key":%q`, dg,
+		signature.SignSSH(SignatoryKey, dg), signature.AuthorizedKey(SignatoryKey.Public().(ed25519.PublicKey)))
+	w.Add("", "dave", fmt.Sprintf(`{"type":"approval","model":{"name":"credit","version":"1"},"refs":[%q],"attrs":{"decision":"approve",%s}}`, w.ID("eval1"), attrs))
+	w.At(At.Add(2 * time.Hour))
+	d, err := docgen.Generate(context.Background(), w.Log, "", docgen.Request{Kind: docgen.KindAnnexIV, ModelVersion: "credit@1", At: w.Now()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	md, _ := docgen.Render(d, docgen.FormatMarkdown)
+	want := "in the approval by dave (approve), key " + signature.Fingerprint(SignatoryKey.Public().(ed25519.PublicKey))
+	if !bytes.Contains(md, []byte(want)) || bytes.Contains(md, []byte("the test report is not signed")) {
+		t.Errorf("2(g) does not show the approval's signature of the report:\n%s", md)
 	}
 }

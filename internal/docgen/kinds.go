@@ -10,6 +10,7 @@ import (
 	"github.com/cairn-ai/cairn/internal/event"
 	"github.com/cairn-ai/cairn/internal/fairness"
 	"github.com/cairn-ai/cairn/internal/lifecycle"
+	"github.com/cairn-ai/cairn/internal/signature"
 )
 
 func (b *builder) summary(title string) {
@@ -350,12 +351,25 @@ func (b *builder) annexIV() {
 	}
 	if doc := b.s.latestDoc(KindEvaluation, v); doc != nil {
 		sigs := b.s.signatures(doc)
+		// An approver may sign the report in the approval itself (attrs.signed_digest).
+		sigs = append(sigs, b.s.forVersion("approval", v)...)
+		sigs = slices.DeleteFunc(sigs, func(n *node) bool {
+			return n.Type == "approval" && (n.str("signed_digest") != doc.str("digest") || n.str("signature") == "")
+		})
 		test.Items = append(test.Items, fact("Test report", "evaluation report generated "+stamp(doc.Time)+", digest "+doc.str("digest"), doc.cite()))
 		if len(sigs) == 0 {
 			test.Items = append(test.Items, gap("Signature", "the test report is not signed", "a signature recorded for the evaluation report (cairn docs sign)"))
 		}
 		for _, s := range sigs {
-			test.Items = append(test.Items, fact("Signed", "by key "+s.str("signer_fingerprint")+" on "+stamp(s.Time), s.cite()))
+			by := "by key " + s.str("signer_fingerprint")
+			if s.Type == "approval" {
+				fp := "unreadable"
+				if k, err := signature.ParsePublicKey(s.str("signer_key")); err == nil {
+					fp = signature.Fingerprint(k)
+				}
+				by = "in the approval by " + s.Actor + " (" + s.str("decision") + "), key " + fp
+			}
+			test.Items = append(test.Items, fact("Signed", by+" on "+stamp(s.Time), s.cite()))
 		}
 	} else {
 		test.Items = append(test.Items, gap("Test report", "no evaluation report is recorded for the model version", "a document event of kind evaluation-report (cairn docs generate evaluation-report), signed"))

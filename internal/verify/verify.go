@@ -295,8 +295,13 @@ func checkEntry(system string, en *store.Entry, fail func(int64, string)) {
 	if env.ID != en.ID.String() || env.Type != en.Type || env.System != system || env.Recorded != event.FormatRecorded(en.Recorded) {
 		fail(i, "envelope disagrees with its leaf (id, type, system or recorded time)")
 	}
-	if env.Type == "document" {
-		if reason := checkSignature(env.Attrs); reason != "" {
+	switch env.Type {
+	case "document":
+		if reason := checkSignature(env.Attrs, "digest"); reason != "" {
+			fail(i, reason)
+		}
+	case "approval":
+		if reason := checkSignature(env.Attrs, "signed_digest"); reason != "" {
 			fail(i, reason)
 		}
 	}
@@ -320,9 +325,9 @@ func checkEntry(system string, en *store.Entry, fail func(int64, string)) {
 	}
 }
 
-// checkSignature checks the detached signature a document event records over a document digest, if it records
-// one (docs/documents.md), and returns why it fails, or "".
-func checkSignature(attrs []byte) string {
+// checkSignature checks the detached signature a document or approval event records over the document digest in
+// its attribute digestAttr, if it records one (docs/documents.md), and returns why it fails, or "".
+func checkSignature(attrs []byte, digestAttr string) string {
 	str := func(name string) string {
 		v, ok := event.Member(attrs, name)
 		if !ok {
@@ -338,8 +343,8 @@ func checkSignature(attrs []byte) string {
 	if sig == "" {
 		return ""
 	}
-	if _, err := signature.Verify(str("signature_format"), sig, str("signer_key"), str("digest")); err != nil {
-		return "recorded document signature: " + err.Error()
+	if _, err := signature.Verify(str("signature_format"), sig, str("signer_key"), str(digestAttr)); err != nil {
+		return "recorded signature: " + err.Error()
 	}
 	return ""
 }
