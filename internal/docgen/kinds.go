@@ -651,7 +651,7 @@ func (b *builder) instructions() {
 	}
 	over := append([]Item{b.oversightPolicy()}, p("d", "the human oversight measures and the aids to interpret outputs"))
 	logs := []Item{
-		fact("Log", "every event of the system is recorded in a tamper-evident log "+b.d.Checkpoint.Origin+" (origin "+originOf(b.s.note)+"); checkpoints are signed and verify with the key at the end of this document"),
+		fact("Log", "every event of the system is recorded in a tamper-evident log (checkpoint origin "+originOf(b.s.note)+"); checkpoints are signed and verify with the key at the end of this document"),
 		fact("Reading the log", "GET /v1/systems/"+b.d.System+"/events (query), /reconstruct/{event} (one decision with its model, approval, data and oversight), /export/{event} (a verifiable evidence bundle); every read is itself recorded"),
 	}
 	if r := def.def.Retention; len(r) > 0 {
