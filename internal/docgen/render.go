@@ -132,6 +132,7 @@ var htmlDoc = template.Must(template.New("doc").Funcs(template.FuncMap{"cites": 
 <html lang="en">
 <head>
 <meta charset="utf-8" />
+<meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src 'unsafe-inline'" />
 <title>{{.D.Title}}</title>
 <style>
 body { font-family: "DejaVu Sans", sans-serif; font-size: 10pt; margin: 2em; color: #111; }
