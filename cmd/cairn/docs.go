@@ -261,7 +261,9 @@ func cmdGate(args []string, stdout, stderr io.Writer) error {
 		return errUsage
 	}
 	if *sys == "" || *mv == "" || *policy == "" {
-		return errors.New("--system, --model-version and --policy are required")
+		fmt.Fprintln(stderr, "cairn gate: --system, --model-version and --policy are required")
+		fmt.Fprintln(stderr, gateUsage)
+		return errUsage
 	}
 	pb, err := os.ReadFile(*policy)
 	if err != nil {
