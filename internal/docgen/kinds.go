@@ -21,6 +21,9 @@ func (b *builder) summary(title string) {
 		fact("Provider", def.def.Provider, def.cite()),
 		fact("Log state", "the "+strconv.FormatUint(b.s.size, 10)+" events recorded at or before "+d.At+"; the checkpoint at the end covers exactly these"),
 	}
+	if b.s.destroyed > 0 {
+		d.Summary = append(d.Summary, fact("Retention", strconv.FormatUint(b.s.destroyed, 10)+" of these events' envelopes were destroyed by retention; what they said is not in this document"))
+	}
 	if d.ModelVersion != "" {
 		d.Summary = append(d.Summary, fact("Model version", d.ModelVersion))
 	}
@@ -265,7 +268,7 @@ func (b *builder) annex(n string, items ...Item) Section {
 func (b *builder) annexIV() {
 	v := b.d.model
 	b.summary("Technical documentation (Annex IV): " + b.def().def.Name)
-	def, info, iv := b.def(), b.info(), b.info().AnnexIV
+	def, iv := b.def(), b.info().AnnexIV
 	p := func(n, what string) Item { return b.provided("Provider's description", iv, "annex_iv", n, what) }
 
 	a := []Item{fact("Intended purpose", def.def.IntendedPurpose, def.cite()), fact("Provider", def.def.Provider, def.cite())}
@@ -432,7 +435,6 @@ func (b *builder) annexIV() {
 	}
 	nine.Items = append(nine.Items, p("9", "the post-market monitoring plan (Art. 72(3))"))
 	b.d.Sections = []Section{one, two, three, four, five, six, seven, eight, nine}
-	_ = info
 }
 
 func cites(ns []*node) []Cite {

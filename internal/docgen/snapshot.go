@@ -131,18 +131,18 @@ type stats struct {
 
 // snapshot is the log as it stood at a moment: entries [0, size) are those recorded at or before at.
 type snapshot struct {
-	system   string
-	at       time.Time
-	size     uint64
-	from, to time.Time // the monitoring period (by event time)
-	reg      *registry.Registry
-	defs     []*definition // in log order
-	nodes    []*node       // every event but inferences and access records, in log order
-	byID     map[string]*node
-	period   stats
-	total    map[string]uint64 // events per type in the whole snapshot
-	inPeriod map[string]uint64 // events per type whose time falls in the period
-	note     []byte            // signed checkpoint for size
+	system    string
+	at        time.Time
+	size      uint64
+	from, to  time.Time // the monitoring period (by event time)
+	reg       *registry.Registry
+	defs      []*definition // in log order
+	nodes     []*node       // every event but inferences and access records, in log order
+	byID      map[string]*node
+	period    stats
+	destroyed uint64            // envelopes gone by retention: their events can be cited by nothing
+	inPeriod  map[string]uint64 // events per type whose time falls in the period
+	note      []byte            // signed checkpoint for size
 	// inferences counts every inference of the snapshot per model version, with the first and last.
 	inferences map[lifecycle.Version]*span
 	withStats  bool   // aggregate inferences over the period (the monitoring summary)
@@ -203,7 +203,7 @@ func load(ctx context.Context, lg Log, at, from, to time.Time, want string, with
 		return nil, fmt.Errorf("find the log state at %s: %w", at.Format(time.RFC3339Nano), err)
 	}
 	s := &snapshot{system: lg.Name(), at: at, size: n, from: from, to: to, reg: registry.New(nil), want: want, withStats: withStats,
-		byID: map[string]*node{}, inferences: map[lifecycle.Version]*span{}, total: map[string]uint64{}, inPeriod: map[string]uint64{},
+		byID: map[string]*node{}, inferences: map[lifecycle.Version]*span{}, inPeriod: map[string]uint64{},
 		period: stats{byVersion: map[string]uint64{}, byDeploy: map[string]uint64{}, flags: map[string]uint64{}, errors: map[string]uint64{}}}
 	tap := func(e *store.Entry) error { return s.add(lg, e) }
 	if err := s.reg.CatchUp(ctx, s.system, prefixLog{Log: sl, n: n, tap: tap}); err != nil {
@@ -221,9 +221,9 @@ func load(ctx context.Context, lg Log, at, from, to time.Time, want string, with
 func (s *snapshot) inside(t time.Time) bool { return !t.Before(s.from) && t.Before(s.to) }
 
 func (s *snapshot) add(lg Log, e *store.Entry) error {
-	s.total[e.Type]++
 	if e.Envelope == nil {
-		return nil // destroyed by retention; the retention event says so
+		s.destroyed++ // destroyed by retention; the retention event says so
+		return nil
 	}
 	if e.Type == "inference" && !s.withStats && (s.want == "" || (s.want != e.ID.String() && s.want != strconv.FormatUint(e.Index, 10))) {
 		// Only the per-version count is needed: read the model without decoding the whole envelope.
