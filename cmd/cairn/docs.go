@@ -241,7 +241,7 @@ func textOrFile(s string) string {
 }
 
 const gateUsage = `usage:
-  cairn gate check --system S --model-version V --policy FILE [--junit FILE] [--json]
+  cairn gate check --system S --model-version V [--policy FILE] [--junit FILE] [--json]
       exit 0 only when every rule of the policy holds; 1 when one fails`
 
 func cmdGate(args []string, stdout, stderr io.Writer) error {
@@ -254,23 +254,26 @@ func cmdGate(args []string, stdout, stderr io.Writer) error {
 	url, tokenFile := clientFlags(fs)
 	sys := fs.String("system", "", "the AI system")
 	mv := fs.String("model-version", "", "NAME@VERSION to check")
-	policy := fs.String("policy", "", "gate policy file (YAML or JSON)")
+	policy := fs.String("policy", "", "gate policy file (YAML or JSON); default: the gates member of the system definition")
 	junit := fs.String("junit", "", "also write a JUnit XML report to this file")
 	jsonOut := fs.Bool("json", false, "print the server's JSON answer instead of the text report")
 	if _, err := parseInterleaved(fs, args[1:]); err != nil {
 		return errUsage
 	}
-	if *sys == "" || *mv == "" || *policy == "" {
-		fmt.Fprintln(stderr, "cairn gate: --system, --model-version and --policy are required")
+	if *sys == "" || *mv == "" {
+		fmt.Fprintln(stderr, "cairn gate: --system and --model-version are required")
 		fmt.Fprintln(stderr, gateUsage)
 		return errUsage
 	}
-	pb, err := os.ReadFile(*policy)
-	if err != nil {
-		return err
-	}
-	if _, _, err := gate.ParsePolicy(pb); err != nil {
-		return err
+	var pb []byte
+	if *policy != "" {
+		var err error
+		if pb, err = os.ReadFile(*policy); err != nil {
+			return err
+		}
+		if _, _, err := gate.ParsePolicy(pb); err != nil {
+			return err
+		}
 	}
 	c, err := newClient(*url, *tokenFile)
 	if err != nil {

@@ -283,6 +283,9 @@ func (s *Server) registerSystem(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
+	if !validGates(w, body) {
+		return
+	}
 	idx, appended, err := s.ledger.Register(r.Context(), body, p.Name)
 	if err != nil {
 		writeError(w, err)

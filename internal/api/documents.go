@@ -1,6 +1,7 @@
 package api
 
 import (
+	"bytes"
 	"errors"
 	"io"
 	"net/http"
@@ -9,6 +10,7 @@ import (
 	"time"
 
 	"github.com/go-json-experiment/json"
+	"github.com/go-json-experiment/json/jsontext"
 
 	"github.com/cairn-ai/cairn/internal/docgen"
 	"github.com/cairn-ai/cairn/internal/event"
@@ -256,6 +258,16 @@ func (s *Server) gateCheck(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
+	if len(bytes.TrimSpace(body)) == 0 {
+		// No policy sent: the system definition's own gate policy.
+		if cur := lg.Definition(); cur != nil && len(cur.Definition.Gates) > 0 {
+			body = cur.Definition.Gates
+		} else {
+			writeProblem(w, Problem{Status: http.StatusUnprocessableEntity, Detail: "no policy: send one, or set gates in the system definition",
+				Errors: []ProblemField{{Field: "policy", Reason: "missing"}}})
+			return
+		}
+	}
 	pol, digest, err := gate.ParsePolicy(body)
 	if err != nil {
 		writeProblem(w, Problem{Status: http.StatusUnprocessableEntity, Detail: err.Error(), Errors: []ProblemField{{Field: "policy", Reason: err.Error()}}})
@@ -274,4 +286,20 @@ func (s *Server) gateCheck(w http.ResponseWriter, r *http.Request) {
 	}
 	res.Event, res.Index = rc.ID.String(), rc.Index
 	writeJSON(w, http.StatusOK, res)
+}
+
+// validGates checks the gates member of a system definition as a gate policy, answering 422 when it is not one.
+func validGates(w http.ResponseWriter, def []byte) bool {
+	var d struct {
+		Gates jsontext.Value `json:"gates"`
+	}
+	if json.Unmarshal(def, &d) != nil || len(d.Gates) == 0 {
+		return true // the definition's own validation reports what is wrong with it
+	}
+	if _, _, err := gate.ParsePolicy(d.Gates); err != nil {
+		writeProblem(w, Problem{Type: "https://cairn.dev/problems/invalid-definition", Title: "Invalid system definition", Status: http.StatusUnprocessableEntity,
+			Detail: err.Error(), Errors: []ProblemField{{Field: "/gates", Reason: err.Error()}}})
+		return false
+	}
+	return true
 }

@@ -71,5 +71,14 @@ func TestDocumentsAndGate(t *testing.T) {
 		t.Errorf("gate: %s", out)
 	}
 	ts.do(t, "POST", "/v1/systems/credit/gate/check", ts.root, "approval: {}", 400)
+	// Without a policy in the request, the definition's gates member is the policy; it is checked when applied.
+	ts.do(t, "POST", "/v1/systems/credit/gate/check?model_version=m@1", ts.root, "", 422)
+	withGates := strings.TrimSuffix(credit, "}")
+	ts.do(t, "POST", "/v1/systems", ts.root, withGates+`,"gates":{"approvals":{}}}`, 422)
+	ts.do(t, "POST", "/v1/systems", ts.root, withGates+`,"gates":{"approval":{"environment":"prod"}}}`, 200)
+	out = ts.do(t, "POST", "/v1/systems/credit/gate/check?model_version=m@1", ts.root, "", 200)
+	if !strings.Contains(out, `"name":"approval"`) || !strings.Contains(out, "deployment_unapproved") {
+		t.Errorf("gate with the definition's policy: %s", out)
+	}
 	ts.do(t, "POST", "/v1/systems/credit/gate/check?model_version=m@1", ts.root, "approvals: {}", 422)
 }
