@@ -1,8 +1,12 @@
 package gate_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/xml"
+	"flag"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -222,5 +226,40 @@ func TestParsePolicy(t *testing.T) {
 	_, d2, _ := gate.ParsePolicy([]byte(`{"approval":{}}`))
 	if d1 != d2 || !strings.HasPrefix(d1, "sha256:") {
 		t.Errorf("the same policy in YAML and JSON has digests %s and %s", d1, d2)
+	}
+}
+
+var update = flag.Bool("update", false, "rewrite docs/examples/gate-report.txt and gate-report.junit.xml")
+
+// TestExampleReports: the committed example reports are what a gate run on the docgen scenario prints.
+func TestExampleReports(t *testing.T) {
+	e := newEnv(t)
+	e.w.Generate(docgen.KindModelCard, "credit@1", "carol")
+	e.follow(t)
+	r, _ := e.check(t, "credit@1", `
+documents: {required: [model-card, evaluation-report, declaration-of-conformity], signed: [declaration-of-conformity]}
+evaluation: {require_passed: true, metrics: {auc: {min: 0.8}, error_rate: {max: 0.15}}}
+fairness: {demographic_parity_difference: 0.1, equal_opportunity_difference: 0.1, four_fifths: true}
+approval: {environment: prod}
+logging: {max_event_age: 24h}
+field_policy: {}
+`)
+	rc, err := e.w.L.AppendServer(context.Background(), "credit", gate.Event(r), "ci")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Event, r.Index = rc.ID.String(), rc.Index
+	for name, b := range map[string][]byte{"gate-report.txt": []byte(r.Text()), "gate-report.junit.xml": r.JUnit()} {
+		p := filepath.Join("..", "..", "docs", "examples", name)
+		if *update {
+			if err := os.WriteFile(p, b, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			continue
+		}
+		want, err := os.ReadFile(p)
+		if err != nil || !bytes.Equal(want, b) {
+			t.Errorf("%s is not what the gate prints (go test ./internal/gate -run TestExampleReports -update): %v\n%s", p, err, b)
+		}
 	}
 }
