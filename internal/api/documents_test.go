@@ -24,6 +24,17 @@ func TestDocumentsAndGate(t *testing.T) {
 	if digest != docgen.Digest([]byte(body)) || id == "" {
 		t.Fatalf("digest header %s for a body of digest %s; event %q", digest, docgen.Digest([]byte(body)), id)
 	}
+	// Without "at", the document states the time of the log's latest event; asked again for that time, after more
+	// events (its own document event among them), it is the same bytes.
+	_, first, _ := ts.call(t, "POST", "/v1/systems/credit/documents", ts.root, `{"kind":"model-card","format":"json"}`)
+	var d struct {
+		At string `json:"at"`
+	}
+	json.Unmarshal([]byte(first), &d)
+	ts.do(t, "POST", "/v1/systems/credit/events", ts.root, event1, 200)
+	if again := ts.do(t, "POST", "/v1/systems/credit/documents", ts.root, `{"kind":"model-card","format":"json","at":"`+d.At+`"}`, 200); again != first {
+		t.Errorf("regenerated at %s: different bytes", d.At)
+	}
 	// A time in the future, an unknown member, an unknown event for a reconstruction.
 	future := time.Now().Add(time.Hour).UTC().Format(time.RFC3339)
 	ts.do(t, "POST", "/v1/systems/credit/documents", ts.root, `{"kind":"model-card","at":"`+future+`"}`, 400)

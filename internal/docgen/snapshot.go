@@ -11,6 +11,8 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/mod/sumdb/tlog"
+
 	"github.com/cairn-ai/cairn/internal/event"
 	"github.com/cairn-ai/cairn/internal/lifecycle"
 	"github.com/cairn-ai/cairn/internal/registry"
@@ -26,6 +28,8 @@ type Log interface {
 	OpenPayload(e *store.Entry) ([]byte, error)
 	// SignedCheckpointAt signs a checkpoint for the tree of size n.
 	SignedCheckpointAt(n uint64) ([]byte, error)
+	// Tree returns the size and root of the durable tree.
+	Tree() (uint64, tlog.Hash)
 }
 
 // node is one recorded event as documents see it: its envelope's non-personal facts.
@@ -201,6 +205,11 @@ func load(ctx context.Context, lg Log, at, from, to time.Time, want string, with
 	n, err := recordedBy(ctx, sl, at)
 	if err != nil {
 		return nil, fmt.Errorf("find the log state at %s: %w", at.Format(time.RFC3339Nano), err)
+	}
+	// Entries the store holds but the tree does not cover yet (a batch being committed) are not part of any state
+	// a checkpoint can be signed for.
+	if size, _ := lg.Tree(); n > size {
+		n = size
 	}
 	s := &snapshot{system: lg.Name(), at: at, size: n, from: from, to: to, reg: registry.New(nil), want: want, withStats: withStats,
 		byID: map[string]*node{}, inferences: map[lifecycle.Version]*span{}, inPeriod: map[string]uint64{},
