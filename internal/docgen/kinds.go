@@ -25,7 +25,11 @@ func (b *builder) summary(title string) {
 		d.Summary = append(d.Summary, fact("Retention", strconv.FormatUint(b.s.destroyed, 10)+" of these events' envelopes were destroyed by retention; what they said is not in this document"))
 	}
 	if d.ModelVersion != "" {
-		d.Summary = append(d.Summary, fact("Model version", d.ModelVersion))
+		var cs []Cite
+		if reg := b.s.registration(d.model); reg != nil {
+			cs = append(cs, reg.cite())
+		}
+		d.Summary = append(d.Summary, fact("Model version", d.ModelVersion, cs...))
 	}
 }
 
@@ -172,7 +176,7 @@ func (b *builder) datasheet() {
 		ds = b.s.of("dataset.version", nil)
 		scope = "every dataset version recorded"
 	}
-	sec := []Section{b.section("1", "Scope", fact("Covers", scope+": "+strconv.Itoa(len(ds))))}
+	sec := []Section{b.section("1", "Scope", fact("Covers", scope+": "+strconv.Itoa(len(ds)), cites(ds)...))}
 	all := b.section("2", "Dataset versions")
 	if len(ds) == 0 {
 		all.Items = []Item{gap("Dataset", "no dataset version is recorded", "a dataset.version event")}
@@ -691,18 +695,10 @@ func (b *builder) monitoring() {
 	b.summary("Post-market monitoring summary: " + b.def().def.Name)
 	per := "events whose time is in [" + stamp(s.from) + ", " + stamp(s.to) + ")"
 	one := b.section("1", "Scope and period", fact("Period", per), fact("System", b.def().def.Name+" ("+b.d.System+")", b.defCite()))
-	types := make([]string, 0, len(s.inPeriod))
-	for t := range s.inPeriod {
-		types = append(types, t)
-	}
-	slices.Sort(types)
-	src := Table{Caption: "Events in the period, by type", Columns: []string{"type", "events"}}
-	for _, t := range types {
-		src.Rows = append(src.Rows, Row{Cells: []string{t, strconv.FormatUint(s.inPeriod[t], 10)}})
-	}
+	src := countTable("Events in the period, by type (first and last cited)", "type", s.inPeriod)
 	two := b.section("2", "Data sources")
 	two.Tables = []Table{src}
-	if len(types) == 0 {
+	if len(s.inPeriod) == 0 {
 		two.Items = []Item{fact("Events", "none in the period")}
 	}
 	st := s.period
@@ -718,26 +714,30 @@ func (b *builder) monitoring() {
 		if st.confN > 0 {
 			three.Items = append(three.Items, fact("Confidence", fmt.Sprintf("mean %s over %d inferences", num(round3(st.confSum/float64(st.confN))), st.confN), span...))
 		}
-		three.Tables = append(three.Tables, countTable("Inferences per model version", "model version", st.byVersion),
-			countTable("Inferences per deployment", "deployment", st.byDeploy))
+		three.Tables = append(three.Tables, countTable("Inferences per model version (first and last cited)", "model version", st.byVersion),
+			countTable("Inferences per deployment (first and last cited)", "deployment", st.byDeploy))
 		if len(st.flags) > 0 {
-			three.Tables = append(three.Tables, countTable("Anomaly flags on inferences", "flag", st.flags))
+			three.Tables = append(three.Tables, countTable("Anomaly flags on inferences (first and last cited)", "flag", st.flags))
 		}
 		if len(st.errors) > 0 {
-			three.Tables = append(three.Tables, countTable("Errors", "error code", st.errors))
+			three.Tables = append(three.Tables, countTable("Errors (first and last cited)", "error code", st.errors))
 		}
 	}
 	inPeriod := func(typ string) []*node { return s.of(typ, func(n *node) bool { return s.inside(n.Time) }) }
 	over := inPeriod("oversight")
 	four := b.section("4", "Human oversight", b.oversightCounts(over)...)
 	if st.count > 0 {
-		n := 0
+		var changed []*node
 		for _, o := range over {
 			if a := o.str("action"); a == "overridden" || a == "reversed" || a == "stopped" {
-				n++
+				changed = append(changed, o)
 			}
 		}
-		four.Items = append(four.Items, fact("Override rate", fmt.Sprintf("%d overridden, reversed or stopped of %d inferences (%s%%)", n, st.count, num(round3(100*float64(n)/float64(st.count))))))
+		cs := []Cite{st.first.cite(), st.last.cite()}
+		if len(changed) > 0 {
+			cs = append(cs, changed[0].cite(), changed[len(changed)-1].cite())
+		}
+		four.Items = append(four.Items, fact("Override rate", fmt.Sprintf("%d overridden, reversed or stopped of %d inferences (%s%%; first and last of each cited)", len(changed), st.count, num(round3(100*float64(len(changed))/float64(st.count)))), cs...))
 	}
 	five := b.section("5", "Anomalies and rule violations")
 	anomalies := inPeriod("anomaly")
@@ -807,7 +807,7 @@ func (b *builder) monitoring() {
 
 func round3(f float64) float64 { return roundTo(f, 3) }
 
-func countTable(caption, col string, m map[string]uint64) Table {
+func countTable(caption, col string, m spans) Table {
 	keys := make([]string, 0, len(m))
 	for k := range m {
 		keys = append(keys, k)
@@ -815,7 +815,12 @@ func countTable(caption, col string, m map[string]uint64) Table {
 	slices.Sort(keys)
 	t := Table{Caption: caption, Columns: []string{col, "count"}}
 	for _, k := range keys {
-		t.Rows = append(t.Rows, Row{Cells: []string{k, strconv.FormatUint(m[k], 10)}})
+		sp := m[k]
+		cites := []Cite{sp.first.cite()}
+		if sp.last != sp.first {
+			cites = append(cites, sp.last.cite())
+		}
+		t.Rows = append(t.Rows, Row{Cells: []string{k, strconv.FormatUint(sp.count, 10)}, Cites: cites})
 	}
 	return t
 }

@@ -125,12 +125,12 @@ type definition struct {
 type stats struct {
 	count                  uint64
 	first, last            *node
-	byVersion, byDeploy    map[string]uint64
+	byVersion, byDeploy    spans
 	latencyN               uint64
 	latencySum, latencyMax float64
 	confN                  uint64
 	confSum                float64
-	flags, errors          map[string]uint64
+	flags, errors          spans
 }
 
 // snapshot is the log as it stood at a moment: entries [0, size) are those recorded at or before at.
@@ -144,9 +144,9 @@ type snapshot struct {
 	nodes     []*node       // every event but inferences and access records, in log order
 	byID      map[string]*node
 	period    stats
-	destroyed uint64            // envelopes gone by retention: their events can be cited by nothing
-	inPeriod  map[string]uint64 // events per type whose time falls in the period
-	note      []byte            // signed checkpoint for size
+	destroyed uint64 // envelopes gone by retention: their events can be cited by nothing
+	inPeriod  spans  // events per type whose time falls in the period
+	note      []byte // signed checkpoint for size
 	// inferences counts every inference of the snapshot per model version, with the first and last.
 	inferences map[lifecycle.Version]*span
 	withStats  bool   // aggregate inferences over the period (the monitoring summary)
@@ -158,6 +158,19 @@ type snapshot struct {
 type span struct {
 	count       uint64
 	first, last *node
+}
+
+// spans counts events by a key, with the first and last of each.
+type spans map[string]*span
+
+func (m spans) add(key string, n *node) {
+	sp := m[key]
+	if sp == nil {
+		sp = &span{first: n}
+		m[key] = sp
+	}
+	sp.count++
+	sp.last = n
 }
 
 // ErrEmpty: nothing of the system was recorded by the requested time.
@@ -212,8 +225,8 @@ func load(ctx context.Context, lg Log, at, from, to time.Time, want string, with
 		n = size
 	}
 	s := &snapshot{system: lg.Name(), at: at, size: n, from: from, to: to, reg: registry.New(nil), want: want, withStats: withStats,
-		byID: map[string]*node{}, inferences: map[lifecycle.Version]*span{}, inPeriod: map[string]uint64{},
-		period: stats{byVersion: map[string]uint64{}, byDeploy: map[string]uint64{}, flags: map[string]uint64{}, errors: map[string]uint64{}}}
+		byID: map[string]*node{}, inferences: map[lifecycle.Version]*span{}, inPeriod: spans{},
+		period: stats{byVersion: spans{}, byDeploy: spans{}, flags: spans{}, errors: spans{}}}
 	tap := func(e *store.Entry) error { return s.add(lg, e) }
 	if err := s.reg.CatchUp(ctx, s.system, prefixLog{Log: sl, n: n, tap: tap}); err != nil {
 		return nil, err
@@ -259,7 +272,7 @@ func (s *snapshot) add(lg Log, e *store.Entry) error {
 		s.target = n
 	}
 	if s.inside(t) {
-		s.inPeriod[e.Type]++
+		s.inPeriod.add(e.Type, n)
 	}
 	switch e.Type {
 	case "inference":
@@ -305,10 +318,10 @@ func (st *stats) add(n *node) {
 	}
 	st.last = n
 	if n.Model != nil {
-		st.byVersion[n.Model.Name+"@"+n.Model.Version]++
+		st.byVersion.add(n.Model.Name+"@"+n.Model.Version, n)
 	}
 	if n.Deployment != "" {
-		st.byDeploy[n.Deployment]++
+		st.byDeploy.add(n.Deployment, n)
 	}
 	if v, ok := n.num("latency_ms"); ok {
 		st.latencyN++
@@ -320,10 +333,10 @@ func (st *stats) add(n *node) {
 		st.confSum += v
 	}
 	for _, f := range n.strs("anomaly_flags") {
-		st.flags[f]++
+		st.flags.add(f, n)
 	}
 	if c := n.str("error_code"); c != "" {
-		st.errors[c]++
+		st.errors.add(c, n)
 	}
 }
 
