@@ -78,9 +78,15 @@ func (p *Problem) Error() string {
 }
 
 func (c *Client) do(ctx context.Context, method, path string, body []byte, auth bool) ([]byte, error) {
+	b, _, err := c.doHeader(ctx, method, path, body, auth)
+	return b, err
+}
+
+// doHeader is do that also returns the response's headers.
+func (c *Client) doHeader(ctx context.Context, method, path string, body []byte, auth bool) ([]byte, http.Header, error) {
 	req, err := http.NewRequestWithContext(ctx, method, c.URL+path, bytes.NewReader(body))
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
@@ -94,12 +100,12 @@ func (c *Client) do(ctx context.Context, method, path string, body []byte, auth 
 	}
 	resp, err := hc.Do(req)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if resp.StatusCode >= 300 {
 		p := &Problem{Status: resp.StatusCode, Title: http.StatusText(resp.StatusCode)}
@@ -107,9 +113,9 @@ func (c *Client) do(ctx context.Context, method, path string, body []byte, auth 
 		if ra, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil {
 			p.RetryAfter = time.Duration(ra) * time.Second
 		}
-		return nil, p
+		return nil, resp.Header, p
 	}
-	return b, nil
+	return b, resp.Header, nil
 }
 
 // Append appends events to a system's log and returns once they are durable.

@@ -31,6 +31,10 @@ Usage:
   cairn export  --system S --event ID -o FILE                 write an event's evidence bundle
   cairn verify  bundle [--vkey KEY] FILE                      check an evidence bundle offline
   cairn mlflow  sync --mlflow-uri URL --system S [--watch D]  record MLflow runs, datasets, versions and aliases
+  cairn docs    generate KIND --system S [--model-version V] [--at T] [--format md|html|json|pdf]
+  cairn docs    sign|list ...                                 sign a generated document; list recorded ones
+  cairn gate    check --system S --model-version V --policy F compliance gate for CI/CD (exit 0 only if it holds)
+  cairn verify  document FILE [--vkey K] [--signature S ...]   check a generated document and its signatures
   cairn version
 
 Run 'cairn COMMAND -h' for a command's flags.
@@ -64,6 +68,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		"audit":      cmdAudit,
 		"export":     cmdExport,
 		"mlflow":     cmdMLflow,
+		"docs":       cmdDocs,
+		"gate":       cmdGate,
 		"bench":      cmdBench,
 		"version":    func([]string, io.Writer, io.Writer) error { fmt.Fprintln(stdout, "cairn", version); return nil },
 	}

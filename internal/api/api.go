@@ -144,6 +144,7 @@ func New(cfg Config, l *ledger.Ledger, t *Tokens, idx Index) *Server {
 	m.HandleFunc("PUT /v1/systems/{system}/retention/holds/{id}", s.placeHold)
 	m.HandleFunc("DELETE /v1/systems/{system}/retention/holds/{id}", s.releaseHold)
 	s.lifecycleRoutes(m)
+	s.documentRoutes(m)
 	if t != nil && l != nil { // nil for a server that only describes itself (tests of the OpenAPI document)
 		if err := s.SyncTokenLog(context.Background()); err != nil {
 			cfg.Logger.Error("recording token changes in _admin", "err", err)
@@ -333,6 +334,9 @@ func (s *Server) registerSystem(w http.ResponseWriter, r *http.Request) {
 	}
 	if err := checkRetentionApproval(body, p); err != nil {
 		writeError(w, err)
+		return
+	}
+	if !validGates(w, body) {
 		return
 	}
 	idx, appended, err := s.ledger.Register(r.Context(), body, p.Name)

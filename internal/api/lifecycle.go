@@ -29,8 +29,13 @@ func (s *Server) lifecycleRoutes(m routeRecorder) {
 
 // registryFor authorises an auditor read of the system in the path and checks that the registry runs.
 func (s *Server) registryFor(w http.ResponseWriter, r *http.Request) (*Principal, string, bool) {
+	return s.registryAs(w, r, RoleAuditor)
+}
+
+// registryAs is registryFor for a caller holding role.
+func (s *Server) registryAs(w http.ResponseWriter, r *http.Request, role string) (*Principal, string, bool) {
 	sys := r.PathValue("system")
-	p := s.authorize(w, r, RoleAuditor, sys)
+	p := s.authorize(w, r, role, sys)
 	if p == nil {
 		return nil, "", false
 	}

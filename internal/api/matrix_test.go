@@ -256,6 +256,26 @@ var matrix = map[string][]matrixCase{
 	},
 	"GET /v1/systems/{system}/reconstruct/{ref}": {{access: auditor, path: fixed("/v1/systems/credit/reconstruct/1")}},
 	"GET /v1/systems/{system}/export/{ref}":      {{access: auditor, path: fixed("/v1/systems/credit/export/1")}},
+	"POST /v1/systems/{system}/documents": {
+		{access: auditor, path: fixed("/v1/systems/credit/documents"), body: `{"kind":"model-card"}`},
+		{access: auditor, path: fixed("/v1/systems/credit/documents"), body: `{"kind":"brochure"}`, invalid: true},
+	},
+	"GET /v1/systems/{system}/documents": {
+		{access: auditor, path: fixed("/v1/systems/credit/documents?kind=model-card")},
+		{access: auditor, path: fixed("/v1/systems/credit/documents?colour=red"), invalid: true},
+	},
+	"POST /v1/systems/{system}/documents/{id}/signatures": {
+		// A signature that does not verify: refused after authorisation (the happy path is in cmd/cairn's docs.txtar).
+		{access: access{role: RoleIngest, scoped: true}, invalid: true, body: `{"format":"ed25519","signature":"AAAA","signer_key":"AAAA"}`,
+			path: func(t *testing.T, ts *testServer) string {
+				_, _, resp := ts.call(t, "POST", "/v1/systems/credit/documents", ts.root, `{"kind":"model-card"}`)
+				return "/v1/systems/credit/documents/" + resp.Header.Get("Cairn-Document-Event") + "/signatures"
+			}},
+	},
+	"POST /v1/systems/{system}/gate/check": {
+		{access: access{role: RoleIngest, scoped: true}, path: fixed("/v1/systems/credit/gate/check?model_version=m@1"), body: `approval: {}`},
+		{access: access{role: RoleIngest, scoped: true}, path: fixed("/v1/systems/credit/gate/check?model_version=m@1"), body: `{}`, invalid: true},
+	},
 	"DELETE /v1/tokens/{id}": {{access: access{role: RoleAdmin, global: true}, path: func(t *testing.T, ts *testServer) string {
 		_, ti, err := ts.tokens.Issue(Principal{Name: "victim", Roles: []string{RoleIngest}}, 0)
 		if err != nil {

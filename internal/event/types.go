@@ -8,6 +8,10 @@ package event
 import (
 	"slices"
 	"time"
+
+	"github.com/go-json-experiment/json"
+
+	"github.com/cairn-ai/cairn/internal/signature"
 )
 
 // SchemaVersion is the version of the leaf and envelope encodings ("v" in both).
@@ -128,11 +132,17 @@ var Specs = map[string]*Spec{
 		"group_metrics": {Kind: KindObject},
 		"passed":        {Kind: KindBool},
 	})},
-	"approval": {Class: ClassDoc, NeedModel: true, NeedRefs: true, Require: []string{"decision"}, Attrs: attrs(map[string]Attr{
+	"approval": {Class: ClassDoc, NeedModel: true, NeedRefs: true, Require: []string{"decision"}, Check: checkApproval, Attrs: attrs(map[string]Attr{
 		"decision": {Kind: KindString, Enum: []string{"approve", "reject"}},
 		"scope":    {Kind: KindString},
 		// The justification is free text and goes in the payload; its digest may be kept in clear.
 		"justification_digest": {Kind: KindDigest},
+		// The approver's own signature over the digest of the document approved (an evaluation report, say):
+		// docs/documents.md, "Signatures".
+		"signed_digest":    {Kind: KindDigest},
+		"signature":        {Kind: KindString},
+		"signature_format": {Kind: KindString, Enum: []string{"ssh", "ed25519"}},
+		"signer_key":       {Kind: KindString},
 	})},
 	"deployment": {Class: ClassDoc, NeedModel: true, NeedDeployment: true, Require: []string{"action"}, Attrs: attrs(map[string]Attr{
 		"action":          {Kind: KindString, Enum: []string{"deployed", "retired", "rolled_back"}},
@@ -189,9 +199,17 @@ var Specs = map[string]*Spec{
 		"harm_category": {Kind: KindString}, "awareness": {Kind: KindTimestamp}, "report_deadline": {Kind: KindTimestamp},
 		"member_states": {Kind: KindStrings}, "status": {Kind: KindString},
 	})},
-	"document": {Class: ClassDoc, Require: []string{"kind", "digest"}, Attrs: attrs(map[string]Attr{
+	"document": {Class: ClassDoc, Require: []string{"kind", "digest"}, Check: checkDocument, Attrs: attrs(map[string]Attr{
 		"kind": {Kind: KindString}, "digest": {Kind: KindString}, "format": {Kind: KindString},
 		"at": {Kind: KindTimestamp}, "checkpoint_size": {Kind: KindNonNegative},
+		// period_from and period_to bound a monitoring summary; subject is the event a reconstruction is about.
+		"period_from": {Kind: KindTimestamp}, "period_to": {Kind: KindTimestamp}, "subject": {Kind: KindString},
+		// A signature over the document digest (docs/documents.md): the signature, its format and the signer's
+		// public key, so that cairn verify can check it from the log alone.
+		"signature":          {Kind: KindString},
+		"signature_format":   {Kind: KindString, Enum: []string{"ssh", "ed25519"}},
+		"signer_key":         {Kind: KindString},
+		"signer_fingerprint": {Kind: KindString},
 	})},
 	"access": {Class: ClassLog, Require: []string{"action"}, Attrs: attrs(map[string]Attr{
 		"action": {Kind: KindString, Enum: []string{"read", "export", "reidentify", "reidentify_request", "reidentify_approve", "query"}},
@@ -228,7 +246,8 @@ var Specs = map[string]*Spec{
 	})},
 	"gate": {Class: ClassDoc, Require: []string{"result"}, Attrs: attrs(map[string]Attr{
 		"result": {Kind: KindString, Enum: []string{"pass", "fail"}}, "policy_digest": {Kind: KindString},
-		"rules": {Kind: KindNumber}, "failed": {Kind: KindNumber},
+		"rules": {Kind: KindNumber}, "failed": {Kind: KindNumber}, "failed_rules": {Kind: KindStrings},
+		"checkpoint_size": {Kind: KindNonNegative},
 	})},
 }
 
@@ -272,6 +291,32 @@ func checkDataset(ev *Event) (string, string) {
 		}
 	}
 	return "/attrs/digest", "missing: a dataset version needs an identity: digest (SHA-256 of the content), dvc_md5, mlflow_digest or uri"
+}
+
+func checkDocument(ev *Event) (string, string) { return checkSignature(ev, "digest") }
+
+func checkApproval(ev *Event) (string, string) { return checkSignature(ev, "signed_digest") }
+
+// checkSignature checks a detached signature an event carries over the digest in its attribute digestAttr: the
+// signature, its format and the signer key go together, and must verify.
+func checkSignature(ev *Event, digestAttr string) (string, string) {
+	sig, key, format := hasMember(ev.Attrs, "signature"), hasMember(ev.Attrs, "signer_key"), hasMember(ev.Attrs, "signature_format")
+	if sig != key || sig != format || (sig && !hasMember(ev.Attrs, digestAttr)) {
+		return "/attrs/signature", "signature, signature_format, signer_key and " + digestAttr + " go together"
+	}
+	if !sig {
+		return "", ""
+	}
+	str := func(name string) string {
+		v, _ := Member(ev.Attrs, name)
+		var s string
+		json.Unmarshal(v, &s)
+		return s
+	}
+	if _, err := signature.Verify(str("signature_format"), str("signature"), str("signer_key"), str(digestAttr)); err != nil {
+		return "/attrs/signature", "does not verify over " + digestAttr + " with signer_key: " + err.Error()
+	}
+	return "", ""
 }
 
 func checkRun(ev *Event) (string, string) {

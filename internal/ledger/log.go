@@ -1207,6 +1207,21 @@ func (lg *Log) Checkpoint() ([]byte, uint64) {
 	return p.note, p.size
 }
 
+// SignedCheckpointAt signs a checkpoint for the tree of size n, an earlier state of the durable tree, so that a
+// document generated against that state can end with a checkpoint anyone can verify with the log's key. Ed25519
+// signatures are deterministic: the same n gives the same bytes.
+func (lg *Log) SignedCheckpointAt(n uint64) ([]byte, error) {
+	if size, _ := lg.Tree(); n == 0 || n > size {
+		return nil, ErrRange
+	}
+	root, err := tlog.TreeHash(int64(n), lg.store)
+	if err != nil {
+		return nil, fmt.Errorf("tree hash at %d: %w", n, err)
+	}
+	body := Checkpoint{Origin: lg.signer.Name(), Size: n, Root: root}.Marshal()
+	return note.Sign(&note.Note{Text: string(body)}, lg.signer)
+}
+
 // ErrRange: an index or tree size beyond the published tree.
 var ErrRange = errors.New("beyond the published tree")
 

@@ -581,3 +581,14 @@ func (r *Registry) Node(system string, id event.UUID) (*Node, bool) {
 	n, ok := s.nodes[id]
 	return n, ok
 }
+
+// Documents returns a system's document events of one kind (signatures of documents included), in log order.
+func (r *Registry) Documents(system, kind string) []*Node {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	s := r.systems[system]
+	if s == nil {
+		return nil
+	}
+	return slices.Clone(s.docs[kind])
+}

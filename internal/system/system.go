@@ -50,6 +50,9 @@ type Definition struct {
 	Oversight   jsontext.Value `json:"oversight,omitzero"`
 	Monitoring  jsontext.Value `json:"monitoring,omitzero"`
 	Gates       jsontext.Value `json:"gates,omitzero"`
+	// InputSchema is a JSON Schema of the inference payload; "x-personal": true marks the fields the field policy
+	// must cover (gates check it).
+	InputSchema jsontext.Value `json:"input_schema,omitzero"`
 	// Capture configures automatic inference capture (docs/capture.md): {"failure_policy": "fail-closed" | "spool"}.
 	Capture jsontext.Value `json:"capture,omitzero"`
 }
@@ -118,7 +121,8 @@ func Parse(b []byte) (*Definition, []byte, error) {
 	for name, v := range map[string]jsontext.Value{
 		"/provider_info": d.ProviderInfo, "/field_policy": d.FieldPolicy, "/retention": d.Retention,
 		"/lifecycle": d.Lifecycle, "/oversight": d.Oversight, "/monitoring": d.Monitoring, "/gates": d.Gates,
-		"/capture": d.Capture,
+		"/capture":      d.Capture,
+		"/input_schema": d.InputSchema,
 	} {
 		if len(v) > 0 && v.Kind() != '{' {
 			return nil, nil, &FieldError{Field: name, Reason: "must be an object"}
@@ -134,6 +138,12 @@ func Parse(b []byte) (*Definition, []byte, error) {
 		if c.FailurePolicy != "" && c.FailurePolicy != "fail-closed" && c.FailurePolicy != "spool" {
 			return nil, nil, &FieldError{Field: "/capture/failure_policy", Reason: "must be fail-closed or spool"}
 		}
+	}
+	if _, err := ParseProviderInfo(d.ProviderInfo); err != nil {
+		return nil, nil, err
+	}
+	if _, err := PersonalFields(d.InputSchema); err != nil {
+		return nil, nil, err
 	}
 	if len(d.Lifecycle) > 0 {
 		if _, err := lifecycle.ParseRules(d.Lifecycle); err != nil {

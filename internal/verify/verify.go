@@ -21,6 +21,7 @@ import (
 	"github.com/cairn-ai/cairn/internal/event"
 	"github.com/cairn-ai/cairn/internal/ledger"
 	"github.com/cairn-ai/cairn/internal/seal"
+	"github.com/cairn-ai/cairn/internal/signature"
 	"github.com/cairn-ai/cairn/internal/store"
 )
 
@@ -336,6 +337,16 @@ func CheckLayers(system string, en *store.Entry) error {
 	if env.ID != en.ID.String() || env.Type != en.Type || env.System != system || env.Recorded != event.FormatRecorded(en.Recorded) {
 		return errors.New("envelope disagrees with its leaf (id, type, system or recorded time)")
 	}
+	switch env.Type {
+	case "document":
+		if reason := checkSignature(env.Attrs, "digest"); reason != "" {
+			return errors.New(reason)
+		}
+	case "approval":
+		if reason := checkSignature(env.Attrs, "signed_digest"); reason != "" {
+			return errors.New(reason)
+		}
+	}
 	switch {
 	case env.Payload == nil && en.Sealed != nil:
 		return errors.New("sealed payload present but the envelope commits to none")
@@ -354,4 +365,28 @@ func CheckLayers(system string, en *store.Entry) error {
 		}
 	}
 	return nil
+}
+
+// checkSignature checks the detached signature a document or approval event records over the document digest in
+// its attribute digestAttr, if it records one (docs/documents.md), and returns why it fails, or "".
+func checkSignature(attrs []byte, digestAttr string) string {
+	str := func(name string) string {
+		v, ok := event.Member(attrs, name)
+		if !ok {
+			return ""
+		}
+		var s string
+		if json.Unmarshal(v, &s) != nil {
+			return ""
+		}
+		return s
+	}
+	sig := str("signature")
+	if sig == "" {
+		return ""
+	}
+	if _, err := signature.Verify(str("signature_format"), sig, str("signer_key"), str(digestAttr)); err != nil {
+		return "recorded signature: " + err.Error()
+	}
+	return ""
 }
