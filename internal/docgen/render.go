@@ -190,12 +190,23 @@ func ChromiumPath() string {
 	return ""
 }
 
+// pdfSlots bounds how many Chromium processes print at once: each is a browser (hundreds of MB, seconds of CPU),
+// so a burst of PDF requests must queue rather than exhaust the host.
+var pdfSlots = make(chan struct{}, 2)
+
 // PDF prints a document's HTML to PDF with headless Chromium. The PDF is not byte-reproducible (it embeds times
-// and ids), which is why a PDF document is recorded and signed under its HTML's digest.
+// and ids), which is why a PDF document is recorded and signed under its HTML's digest. At most two print at
+// once; others wait, as long as ctx allows.
 func PDF(ctx context.Context, htmlDoc []byte) ([]byte, error) {
 	bin := ChromiumPath()
 	if bin == "" {
 		return nil, ErrNoChromium
+	}
+	select {
+	case pdfSlots <- struct{}{}:
+		defer func() { <-pdfSlots }()
+	case <-ctx.Done():
+		return nil, fmt.Errorf("waiting to print a PDF: %w", ctx.Err())
 	}
 	dir, err := os.MkdirTemp("", "cairn-pdf-")
 	if err != nil {
@@ -208,7 +219,10 @@ func PDF(ctx context.Context, htmlDoc []byte) ([]byte, error) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
+	// The document is a local file with a CSP that forbids every fetch; the flags keep Chromium itself off the
+	// network too (no background services, updates or sync).
 	cmd := exec.CommandContext(ctx, bin, "--headless", "--no-sandbox", "--disable-gpu", "--disable-extensions",
+		"--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-quic",
 		"--no-first-run", "--user-data-dir="+filepath.Join(dir, "profile"), "--no-pdf-header-footer",
 		"--print-to-pdf="+out, "file://"+in)
 	var stderr bytes.Buffer
