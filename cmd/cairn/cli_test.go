@@ -91,6 +91,24 @@ func TestScripts(t *testing.T) {
 				post(ts, neg, []string{args[0], args[1], tmp})
 			},
 			"post": post,
+			// get URL TOKENFILE: GET with a bearer token; prints the answer's body alone (so it can be saved with
+			// cp stdout FILE); fails on a status of 300 or more unless negated.
+			"get": func(ts *testscript.TestScript, neg bool, args []string) {
+				tok, _ := os.ReadFile(ts.MkAbs(args[1]))
+				req, _ := http.NewRequest("GET", args[0], nil)
+				req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(tok)))
+				resp, err := http.DefaultClient.Do(req)
+				if err != nil {
+					ts.Fatalf("get: %v", err)
+				}
+				defer resp.Body.Close()
+				var b bytes.Buffer
+				b.ReadFrom(resp.Body)
+				ts.Stdout().Write(b.Bytes())
+				if (resp.StatusCode >= 300) != neg {
+					ts.Fatalf("get: unexpected status %s", resp.Status)
+				}
+			},
 		},
 	})
 }

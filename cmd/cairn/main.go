@@ -15,6 +15,7 @@ Usage:
   cairn system  apply -f FILE [--url URL] [--token-file F]     register or update an AI system (YAML or JSON)
   cairn verify  --data DIR [--full] [--state FILE]             verify a stopped store offline
   cairn verify  --url URL --system S --vkey KEY [--state F]    verify a remote log through its tiles
+  cairn verify  proof --vkey KEY FILE.tlog-proof               verify one event's C2SP tlog proof offline
   cairn reindex --data DIR                                     rebuild tree hashes and the query index from the segments
   cairn migrate --store postgres://…                           create or upgrade the PostgreSQL store's schema
   cairn copy    --from DIR|postgres://… --to DIR|postgres://…  copy every log between stores, checkpoints intact

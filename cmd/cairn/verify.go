@@ -31,6 +31,9 @@ func cmdVerify(args []string, stdout, stderr io.Writer) error {
 	if len(args) > 0 && args[0] == "document" {
 		return verifyDocument(args[1:], stdout, stderr)
 	}
+	if len(args) > 0 && args[0] == "proof" {
+		return verifyProof(args[1:], stdout, stderr)
+	}
 	fs := flag.NewFlagSet("verify", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	data := fs.String("data", "", "data directory to verify offline (the server must be stopped)")

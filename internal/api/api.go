@@ -514,6 +514,13 @@ func (s *Server) getEvent(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	leaf := e.AppendLeaf(nil)
+	if f := r.URL.Query().Get("format"); f == "tlog-proof" {
+		s.tlogProof(w, r, p, lg, e.ID.String(), idx, leaf)
+		return
+	} else if f != "" && f != "json" {
+		badRequest(w, "format", "json (default) or tlog-proof")
+		return
+	}
 	lh := tlog.RecordHash(leaf)
 	out := EventResponse{Index: idx, Leaf: string(leaf), LeafHash: base64.StdEncoding.EncodeToString(lh[:])}
 	if e.Envelope != nil {
@@ -550,6 +557,30 @@ func (s *Server) getEvent(w http.ResponseWriter, r *http.Request) {
 		out.Payload = pt
 	}
 	writeJSON(w, http.StatusOK, out)
+}
+
+// tlogProof answers an event as a c2sp.org/tlog-proof@v1 file: its leaf (in "extra"), its inclusion path and the
+// published checkpoint — what an auditor keeps to show offline, with the log's public key alone, that the event is
+// in the log. The read is recorded like any other.
+func (s *Server) tlogProof(w http.ResponseWriter, r *http.Request, p *Principal, lg *ledger.Log, id string, idx uint64, leaf []byte) {
+	cp, n := lg.Checkpoint()
+	if cp == nil || idx >= n {
+		w.Header().Set("Retry-After", "1")
+		writeProblem(w, Problem{Status: http.StatusConflict, Detail: "no published checkpoint covers this event yet; retry shortly"})
+		return
+	}
+	path, err := lg.InclusionProof(idx, n)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	raw := fmt.Sprintf(`{"type":"access","refs":[%q],"attrs":{"action":"read","scope":"proof"}}`, id)
+	if _, err := s.ledger.AppendServer(r.Context(), lg.Name(), []byte(raw), p.Name); err != nil {
+		writeError(w, err)
+		return
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Write((&ledger.TlogProof{Extra: leaf, Index: idx, Proof: path, Checkpoint: cp}).Marshal())
 }
 
 // QueryResponse is a page of query results.
