@@ -44,6 +44,10 @@ type EnvOptions struct {
 	CheckpointInterval time.Duration // default: the ledger's (50 ms)
 	MaxBatch           int           // default: the ledger's
 	MaxQueue           int           // default: large enough that no benchmark is pushed back
+	// FieldPolicy, when set, is the system's field_policy (JSON), applied to every event's payload.
+	FieldPolicy string
+	// Vault is the token vault, for a FieldPolicy with vault rules.
+	Vault ledger.Vault
 }
 
 // NewEnv creates an installation in dir (which should be empty).
@@ -71,13 +75,17 @@ func NewEnv(ctx context.Context, dir string, o EnvOptions) (*Env, error) {
 		o.MaxQueue = 1 << 22
 	}
 	cfg := ledger.Config{Origin: "bench.cairn.local", CheckpointInterval: o.CheckpointInterval, MaxBatch: o.MaxBatch,
-		MaxQueue: o.MaxQueue, Logger: quiet}
+		MaxQueue: o.MaxQueue, Vault: o.Vault, Logger: quiet}
 	l, err := ledger.Open(ctx, cfg, st, keys, sk)
 	if err != nil {
 		st.Close()
 		return nil, err
 	}
-	if _, _, err := l.Register(ctx, []byte(definition), "bench-admin"); err != nil {
+	def := definition
+	if o.FieldPolicy != "" {
+		def = def[:len(def)-1] + `,"field_policy":` + o.FieldPolicy + `}`
+	}
+	if _, _, err := l.Register(ctx, []byte(def), "bench-admin"); err != nil {
 		l.Close()
 		return nil, fmt.Errorf("register %s: %w", System, err)
 	}

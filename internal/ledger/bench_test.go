@@ -2,12 +2,15 @@ package ledger_test
 
 import (
 	"context"
+	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/cairn-ai/cairn/internal/bench"
 	"github.com/cairn-ai/cairn/internal/event"
 	"github.com/cairn-ai/cairn/internal/ledger"
+	"github.com/cairn-ai/cairn/internal/vault"
 )
 
 func benchEnv(b *testing.B, o bench.EnvOptions) *bench.Env {
@@ -158,4 +161,50 @@ func BenchmarkProof(b *testing.B) {
 			}
 		}
 	})
+}
+
+// BenchmarkAppendPolicy is BenchmarkAppend's fsync/100 case (64 writers, 100 events per call) under a field
+// policy: none, pseudonymising the subject, or vaulting it in a real token vault (SQLite, synchronous=FULL: one
+// transaction per call, every subject new, so every event writes a vault entry).
+func BenchmarkAppendPolicy(b *testing.B) {
+	for _, tc := range []struct{ name, policy string }{
+		{"none", ""},
+		{"pseudonym", `{"domain":"customers","fields":{"subject":{"action":"pseudonym"},"input.income":{"action":"generalize","bands":[0,20000,50000,100000]}}}`},
+		{"vault", `{"domain":"customers","fields":{"subject":{"action":"vault"},"input.income":{"action":"generalize","bands":[0,20000,50000,100000]}}}`},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			o := bench.EnvOptions{FieldPolicy: tc.policy}
+			if tc.name == "vault" {
+				v, err := vault.Open(filepath.Join(b.TempDir(), "vault.db"), make([]byte, vault.KeySize))
+				if err != nil {
+					b.Fatal(err)
+				}
+				b.Cleanup(func() { v.Close() })
+				o.Vault = v
+			}
+			lg := benchEnv(b, o).Log
+			const perCall = 100
+			b.SetParallelism(32)
+			b.SetBytes(int64(perCall * bench.EventSize))
+			cpu0 := bench.CPUTime()
+			var seqs atomic.Uint64
+			b.RunParallel(func(pb *testing.PB) {
+				buf := make([]byte, 0, 2*bench.EventSize)
+				items := make([]*ledger.Prepared, perCall)
+				for pb.Next() {
+					now := time.Now()
+					for j := range items {
+						items[j] = benchPrepare(b, lg, buf, seqs.Add(1), now)
+					}
+					if _, err := lg.Append(context.Background(), items); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+			events := float64(b.N * perCall)
+			b.ReportMetric(events/b.Elapsed().Seconds(), "events/s")
+			b.ReportMetric(float64(bench.CPUTime()-cpu0)/1e3/events, "cpu-µs/event")
+		})
+	}
 }

@@ -6,9 +6,11 @@ import (
 	"crypto/rand"
 	"database/sql"
 	"encoding/hex"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	_ "github.com/jackc/pgx/v5/stdlib" // database/sql driver "pgx", for the PostgreSQL vault
@@ -237,5 +239,37 @@ func TestRequests(t *testing.T) {
 	}
 	if _, err := v.GetRequest(ctx, "rq-none"); err != ErrNotFound {
 		t.Errorf("GetRequest of an unknown id: %v", err)
+	}
+}
+
+// TestConcurrentPuts: concurrent Puts share group commits and every entry lands, readable.
+func TestConcurrentPuts(t *testing.T) {
+	v, _, _ := openTest(t)
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	errs := make(chan error, 32*20)
+	for g := range 32 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 20 {
+				pn := fmt.Sprintf("pn:%d-%d", g, i)
+				errs <- v.Put(ctx, []Entry{{Domain: "d", Pseudonym: pn, Value: []byte(fmt.Sprintf("%q", pn))}})
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n, _ := v.Count(ctx); n != 640 {
+		t.Fatalf("Count = %d, want 640", n)
+	}
+	got, err := v.Lookup(ctx, []string{"d"}, []string{"pn:31-19", "pn:0-0"})
+	if err != nil || string(got["pn:31-19"]) != `"pn:31-19"` || string(got["pn:0-0"]) != `"pn:0-0"` {
+		t.Errorf("Lookup = %q, %v", got, err)
 	}
 }
