@@ -7,7 +7,7 @@ if ! command -v python3 >/dev/null 2>&1; then
   apt-get update -qq && apt-get install -y -qq python3 python3-pip python3-venv
 fi
 missing=()
-for spec in pytest:pytest numpy:numpy sklearn:scikit-learn mlflow:mlflow mlserver:mlserver mlserver_sklearn:mlserver-sklearn; do
+for spec in pytest:pytest cryptography:cryptography numpy:numpy sklearn:scikit-learn mlflow:mlflow mlserver:mlserver mlserver_sklearn:mlserver-sklearn; do
   mod=${spec%%:*} pkg=${spec#*:}
   python3 -c "import $mod" >/dev/null 2>&1 || missing+=("$pkg")
 done

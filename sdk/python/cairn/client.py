@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Deque, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 from ._json import jsonable
-from .spool import Spool
+from .spool import Spool, load_spool_key
 
 log = logging.getLogger("cairn")
 
@@ -116,7 +116,10 @@ class Client:
 
     With ``spool_dir`` (background mode), accepted events are first written and fsync'd to a local spool file,
     so events accepted while the server is unreachable survive a crash of this process and are delivered, in
-    order, by the next client opened on the same directory.
+    order, by the next client opened on the same directory. Spooled events hold personal data not yet
+    pseudonymised, so each is encrypted (AES-256-GCM, needs the ``cryptography`` package) under ``spool_key`` (32
+    bytes), or a key file (``CAIRN_SPOOL_KEY_FILE``, default ``<spool_dir>/spool.key``, created 0600 if missing);
+    ``spool_plaintext=True`` writes JSON in clear instead, by explicit choice.
     """
 
     def __init__(
@@ -133,6 +136,8 @@ class Client:
         retry_for: float = 60.0,
         timeout: float = 30.0,
         spool_dir: Optional[str] = None,
+        spool_key: Optional[bytes] = None,
+        spool_plaintext: bool = False,
         on_error: Optional[Callable[[CairnError], None]] = None,
         deployment: Optional[str] = None,
     ) -> None:
@@ -162,7 +167,13 @@ class Client:
         self._buf: Deque[Dict[str, Any]] = deque()
         self._inflight = 0
         self._closed = False
-        self._spool = Spool(spool_dir) if spool_dir else None
+        self._spool = None
+        if spool_dir:
+            if spool_key is None and not spool_plaintext:
+                # The default key file sits beside the spool; keep it elsewhere (CAIRN_SPOOL_KEY_FILE) in production.
+                os.makedirs(spool_dir, mode=0o700, exist_ok=True)
+                spool_key = load_spool_key(os.environ.get("CAIRN_SPOOL_KEY_FILE") or os.path.join(spool_dir, "spool.key"))
+            self._spool = Spool(spool_dir, None if spool_plaintext else spool_key)
         self._thread: Optional[threading.Thread] = None
         if mode == "background":
             self._thread = threading.Thread(target=self._run, name="cairn-sender", daemon=True)

@@ -1,13 +1,59 @@
 """A local durable spool: events are appended to a file and fsync'd before they count as accepted, and read
-back in order until the server has them."""
+back in order until the server has them.
+
+Spooled events are as the application sent them — before the server pseudonymises and seals them — so each line
+is encrypted (AES-256-GCM under a spool key, with the ``cryptography`` package: ``pip install 'cairn[spool]'``)
+unless the caller explicitly accepts plaintext."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import threading
 from collections import deque
-from typing import Any, Deque, Dict, List, Tuple
+from typing import Any, Deque, Dict, List, Optional, Tuple
+
+_AAD = b"cairn/v1/python-spool"
+
+
+def load_spool_key(path: str) -> bytes:
+    """Read a spool key file (32 random bytes, base64), creating it (mode 0600) if it does not exist."""
+    try:
+        with open(path, "rb") as f:
+            key = base64.b64decode(f.read().strip(), validate=True)
+    except FileNotFoundError:
+        key = os.urandom(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(base64.b64encode(key) + b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+    if len(key) != 32:
+        raise ValueError(f"spool key {path}: want 32 bytes in base64")
+    return key
+
+
+class _Cipher:
+    """AES-256-GCM per line: base64(nonce || ciphertext), a fresh random 96-bit nonce each."""
+
+    def __init__(self, key: bytes) -> None:
+        try:
+            from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+        except ImportError as e:  # pragma: no cover - depends on the environment
+            raise RuntimeError("an encrypted spool needs the 'cryptography' package: pip install 'cairn[spool]' "
+                               "(or pass spool_plaintext=True to accept personal data in clear on disk)") from e
+        if len(key) != 32:
+            raise ValueError("spool key must be 32 bytes")
+        self._aead = AESGCM(key)
+
+    def seal(self, plain: bytes) -> bytes:
+        nonce = os.urandom(12)
+        return base64.b64encode(nonce + self._aead.encrypt(nonce, plain, _AAD))
+
+    def open(self, line: bytes) -> bytes:
+        raw = base64.b64decode(line, validate=True)
+        return self._aead.decrypt(raw[:12], raw[12:], _AAD)
 
 
 class Spool:
@@ -16,8 +62,10 @@ class Spool:
     A torn last line (a crash mid-write) is cut off when the spool is opened: it was never acknowledged to the
     caller, whose ``put`` had not returned."""
 
-    def __init__(self, directory: str) -> None:
-        os.makedirs(directory, exist_ok=True)
+    def __init__(self, directory: str, key: Optional[bytes] = None) -> None:
+        """key: 32 bytes to encrypt every line with; None writes JSON in clear (the caller accepted that)."""
+        self._cipher = _Cipher(key) if key is not None else None
+        os.makedirs(directory, mode=0o700, exist_ok=True)
         self.path = os.path.join(directory, "spool.jsonl")
         self.cursor_path = os.path.join(directory, "cursor")
         self._lock = threading.Lock()
@@ -36,9 +84,13 @@ class Spool:
             if not line:
                 break
             try:
-                ev = json.loads(line)
+                ev = json.loads(self._cipher.open(line) if self._cipher else line)
             except ValueError:
                 break
+            except Exception as e:  # a line that does not decrypt: the wrong key, or damage
+                if good + len(line) + 1 > len(data):
+                    break  # torn last line
+                raise ValueError(f"spool {self.path}: a line does not decrypt (wrong spool key?)") from e
             if good + len(line) + 1 > len(data):
                 break  # no newline: torn
             self._pending.append((len(line) + 1, ev))
@@ -48,7 +100,10 @@ class Spool:
         self._off = off
 
     def put(self, ev: Dict[str, Any]) -> None:
-        line = json.dumps(ev, separators=(",", ":"), allow_nan=False).encode() + b"\n"
+        line = json.dumps(ev, separators=(",", ":"), allow_nan=False).encode()
+        if self._cipher:
+            line = self._cipher.seal(line)
+        line += b"\n"
         with self._lock:
             self._f.seek(0, os.SEEK_END)
             self._f.write(line)

@@ -174,3 +174,26 @@ def test_sklearn_wrapper_and_decorator(server, system):
     assert recs[1]["payload"]["output"] == pred.tolist()
     assert recs[2]["payload"]["input"] == {"income": 100, "debt": 10} and recs[2]["payload"]["output"] == {"approve": True}
     assert recs[3]["envelope"]["attrs"]["error_code"] == "ValueError"
+
+
+def test_spool_is_encrypted(server, system, tmp_path):
+    spool = str(tmp_path / "spool")
+    down = cairn.Client("http://127.0.0.1:9", server.token, system, spool_dir=spool, retry_for=0.1)
+    down.log_inference(("credit", "3"), output={"score": 1}, subject="Jane Roe, IBAN DE89370400440532013000")
+    with pytest.raises(cairn.Unavailable):
+        down.close(timeout=0.5)  # the server is unreachable: the event stays in the spool
+    raw = open(os.path.join(spool, "spool.jsonl"), "rb").read()
+    assert raw and b"Jane Roe" not in raw and b"DE8937" not in raw
+    key = open(os.path.join(spool, "spool.key"), "rb").read()
+    assert os.stat(os.path.join(spool, "spool.key")).st_mode & 0o077 == 0
+    # Another key cannot read it.
+    with pytest.raises(ValueError):
+        cairn.Client(server.url, server.token, system, spool_dir=spool, spool_key=os.urandom(32))
+    # The right key delivers it once the server is reachable.
+    c = cairn.Client(server.url, server.token, system, spool_dir=spool)
+    c.flush(timeout=30)
+    c.close()
+    assert key
+    evs = server.wait_events(system, 1)
+    recs = [server.get(system, e["id"], payload=True) for e in evs]
+    assert any(r["payload"].get("subject", "").startswith("Jane Roe") for r in recs)
