@@ -45,15 +45,11 @@ var contentTypes = map[string]string{
 }
 
 func (s *Server) generateDocument(w http.ResponseWriter, r *http.Request) {
-	sys := r.PathValue("system")
-	p := s.authorize(w, r, RoleAuditor, sys)
-	if p == nil {
-		return
-	}
-	lg, ok := s.log(w, r)
+	p, lg, ok := s.scoped(w, r, RoleAuditor)
 	if !ok {
 		return
 	}
+	sys := lg.Name()
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 64<<10))
 	if err != nil {
 		writeError(w, err)

@@ -34,15 +34,11 @@ func (s *Server) registryFor(w http.ResponseWriter, r *http.Request) (*Principal
 
 // registryAs is registryFor for a caller holding role.
 func (s *Server) registryAs(w http.ResponseWriter, r *http.Request, role string) (*Principal, string, bool) {
-	sys := r.PathValue("system")
-	p := s.authorize(w, r, role, sys)
-	if p == nil {
-		return nil, "", false
-	}
-	lg, ok := s.log(w, r)
+	p, lg, ok := s.scoped(w, r, role)
 	if !ok {
 		return nil, "", false
 	}
+	sys := lg.Name()
 	if s.registry == nil {
 		writeProblem(w, Problem{Status: http.StatusServiceUnavailable, Detail: "the lineage registry is not running"})
 		return nil, "", false

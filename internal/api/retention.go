@@ -60,15 +60,11 @@ func (s *Server) retentionReport(w http.ResponseWriter, r *http.Request) {
 
 // authorizeDPO authorizes a retention route on the system in the path: the dpo role, and a system that exists.
 func (s *Server) authorizeDPO(w http.ResponseWriter, r *http.Request) (*Principal, string) {
-	sys := r.PathValue("system")
-	p := s.authorize(w, r, RoleDPO, sys)
-	if p == nil {
+	p, lg, ok := s.scoped(w, r, RoleDPO)
+	if !ok {
 		return nil, ""
 	}
-	if _, ok := s.log(w, r); !ok {
-		return nil, ""
-	}
-	return p, sys
+	return p, lg.Name()
 }
 
 // holdRequest is the body of PUT /v1/systems/{system}/retention/holds/{id}.
