@@ -659,35 +659,14 @@ func (lg *Log) sequence() {
 		case <-lg.quit:
 			// Nothing can be enqueued any more (see Append): build what is queued, then stop.
 			for {
-				rest := lg.takeRequeued(nil)
-				n := 0
-			more:
-				for n < lg.l.cfg.MaxBatch {
-					select {
-					case r := <-lg.queue:
-						rest = append(rest, r)
-						n += len(r.items)
-					default:
-						break more
-					}
-				}
+				rest := lg.drainQueue(lg.takeRequeued(nil), 0)
 				if len(rest) == 0 {
 					return
 				}
 				lg.commitQ <- lg.build(rest)
 			}
 		}
-		n := len(reqs[0].items)
-	drain:
-		for n < lg.l.cfg.MaxBatch {
-			select {
-			case r := <-lg.queue:
-				reqs = append(reqs, r)
-				n += len(r.items)
-			default:
-				break drain
-			}
-		}
+		reqs = lg.drainQueue(reqs, len(reqs[0].items))
 		lg.commitQ <- lg.build(slices.Clone(reqs))
 	}
 }
@@ -887,6 +866,21 @@ func (lg *Log) requeue(reqs []*request) (failed []*request) {
 
 // LostRaces is how many batches of this log lost a race with another node (and were sequenced again).
 func (lg *Log) LostRaces() int64 { return lg.lostRaces.Load() }
+
+// drainQueue appends to reqs whatever requests are queued without waiting, until the batch holds MaxBatch events
+// (n of them are in reqs already).
+func (lg *Log) drainQueue(reqs []*request, n int) []*request {
+	for n < lg.l.cfg.MaxBatch {
+		select {
+		case r := <-lg.queue:
+			reqs = append(reqs, r)
+			n += len(r.items)
+		default:
+			return reqs
+		}
+	}
+	return reqs
+}
 
 // takeRequeued appends the requeued requests to reqs and empties the requeue list.
 func (lg *Log) takeRequeued(reqs []*request) []*request {
