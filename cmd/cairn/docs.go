@@ -30,7 +30,8 @@ const docsUsage = `usage:
                   [--attrs]   (record nothing; print the attrs that sign an approval event)
   cairn docs list --system S [--kind K] [--digest D]`
 
-// parseInterleaved parses flags that may come before or after positional arguments.
+// parseInterleaved parses flags that may come before or after positional arguments, which it returns:
+// `cairn reidentify approve ID --url U` reads as users write it.
 func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
 	var pos []string
 	for {

@@ -29,7 +29,7 @@ func cmdReidentify(args []string, stdout, stderr io.Writer) error {
 	url, tokenFile := clientFlags(fs)
 	sys := fs.String("system", "", "the AI system whose pseudonyms these are")
 	purpose := fs.String("purpose", "", "why the subject must be re-identified (recorded in the system's log)")
-	pos, err := parseInterspersed(fs, args)
+	pos, err := parseInterleaved(fs, args)
 	if err != nil {
 		return errUsage
 	}
@@ -136,19 +136,3 @@ type multiFlag []string
 
 func (m *multiFlag) String() string     { return strings.Join(*m, " ") }
 func (m *multiFlag) Set(v string) error { *m = append(*m, v); return nil }
-
-// parseInterspersed parses flags wherever they appear among the positional arguments, which it returns:
-// `cairn reidentify approve ID --url U` reads as users write it.
-func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
-	var pos []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			return nil, err
-		}
-		if fs.NArg() == 0 {
-			return pos, nil
-		}
-		pos = append(pos, fs.Arg(0))
-		args = fs.Args()[1:]
-	}
-}
