@@ -25,7 +25,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	jsonv2 "github.com/go-json-experiment/json"
 	"golang.org/x/mod/sumdb/tlog"
 
 	"github.com/cairn-ai/cairn/internal/event"
@@ -776,22 +775,12 @@ func (s *Server) createToken(w http.ResponseWriter, r *http.Request) {
 	if admin == nil {
 		return
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 64<<10))
-	if err != nil {
-		writeError(w, err)
-		return
-	}
 	var req TokenRequest
-	if err := jsonv2.Unmarshal(body, &req, jsonv2.RejectUnknownMembers(true)); err != nil {
-		field := ""
-		var se *jsonv2.SemanticError
-		if errors.As(err, &se) {
-			field = string(se.JSONPointer)
-		}
-		writeError(w, &TokenFieldError{Field: field, Reason: "malformed request: want {principal, roles, systems, expires_in}"})
+	if !decodeStrict(w, r, 64<<10, &req, "{principal, roles, systems, expires_in}") {
 		return
 	}
 	var ttl time.Duration
+	var err error
 	if req.ExpiresIn != "" {
 		if ttl, err = time.ParseDuration(req.ExpiresIn); err != nil || ttl <= 0 {
 			writeError(w, &TokenFieldError{Field: "/expires_in", Reason: "a positive duration such as 720h"})

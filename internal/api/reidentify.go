@@ -60,10 +60,10 @@ func (s *Server) noVault(w http.ResponseWriter) bool {
 	return false
 }
 
-// decodeStrict reads a small JSON body into v, rejecting unknown members; on failure it answers 400 naming the
-// member at fault and returns false.
-func decodeStrict(w http.ResponseWriter, r *http.Request, v any, want string) bool {
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 1<<20))
+// decodeStrict reads a JSON body of at most limit bytes into v, rejecting unknown members; on failure it answers a
+// problem naming the member at fault (want says what a request holds) and returns false.
+func decodeStrict(w http.ResponseWriter, r *http.Request, limit int64, v any, want string) bool {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
 	if err != nil {
 		writeError(w, err)
 		return false
@@ -114,7 +114,7 @@ func (s *Server) reidentify(w http.ResponseWriter, r *http.Request) {
 	}
 	sys := lg.Name()
 	var req ReidentifyRequest
-	if !decodeStrict(w, r, &req, "{pseudonyms, purpose}") {
+	if !decodeStrict(w, r, 1<<20, &req, "{pseudonyms, purpose}") {
 		return
 	}
 	if err := checkPurpose(req.Purpose); err != nil {
@@ -288,7 +288,7 @@ func (s *Server) eraseSubject(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var req EraseRequest
-	if !decodeStrict(w, r, &req, "{domain, pseudonyms, values}") {
+	if !decodeStrict(w, r, 1<<20, &req, "{domain, pseudonyms, values}") {
 		return
 	}
 	if req.Domain == "" {
